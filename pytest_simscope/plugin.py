@@ -1,0 +1,613 @@
+"""The pytest glue: options, configure/unconfigure and the hooks that feed the reporter.
+
+The plugin is enabled only when a regression name is given.  In an xdist worker it only
+attaches what the controller needs to each report; the controller (or the only process)
+publishes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import pytest
+
+from pytest_simscope import hooks
+from pytest_simscope.ci import detect_ci
+from pytest_simscope.errors import PublishError, SettingsError
+from pytest_simscope.journal import Journal, recover
+from pytest_simscope.models import _clean_str, metadata_pairs
+from pytest_simscope.publisher import Publisher, PublishStats
+from pytest_simscope.redact import mask_url, redact
+from pytest_simscope.reporter import DATA_ATTR, SimscopeReporter
+from pytest_simscope.settings import SPECS, Resolved, Settings, resolve, shown_value
+from pytest_simscope.transports.base import Transport
+from pytest_simscope.transports.queue import GITIGNORE_TEXT, JOURNAL, OfflineQueue
+from pytest_simscope.transports.record import Recorder
+
+resolved_key = pytest.StashKey[Resolved]()
+plugin_key = pytest.StashKey["SimscopePlugin"]()
+metadata_key = pytest.StashKey[list[tuple[str, str]]]()
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hooks)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("simscope", "publish the run to Simscope (pytest-simscope)")
+    for spec in SPECS:
+        if spec.env_only:
+            continue
+        help_text = f"{spec.help} [ini: {spec.ini}, env: {spec.env}]"
+        if spec.kind == "pairs":
+            group.addoption(
+                spec.flag, dest=spec.dest, action="append", default=None,
+                metavar=spec.metavar or "KEY=VALUE", help=help_text,
+            )
+            parser.addini(spec.ini, help=spec.help, type="linelist", default=None)
+        elif spec.kind == "bool":
+            group.addoption(
+                spec.flag, dest=spec.dest, nargs="?", const="true", default=None,
+                metavar=spec.metavar or "BOOL", help=help_text,
+            )
+            parser.addini(spec.ini, help=spec.help, type="string", default=None)
+        else:
+            kwargs: dict[str, Any] = {}
+            if spec.kind == "choice":
+                kwargs["metavar"] = "{" + ",".join(spec.choices) + "}"
+            else:
+                kwargs["metavar"] = spec.metavar or "VALUE"
+            group.addoption(spec.flag, dest=spec.dest, default=None, help=help_text, **kwargs)
+            parser.addini(spec.ini, help=spec.help, type="string", default=None)
+
+
+def _ini_value(config: pytest.Config, name: str) -> Any:
+    try:
+        return config.getini(name)
+    except (ValueError, TypeError) as exc:
+        raise SettingsError(f"bad value for ini key {name}: {exc}") from None
+
+
+def resolve_settings(config: pytest.Config) -> Resolved:
+    """Read every setting from the command line, the environment and the ini file."""
+    cli: dict[str, Any] = {}
+    ini: dict[str, Any] = {}
+    for spec in SPECS:
+        if spec.env_only:
+            continue
+        cli[spec.name] = config.getoption(spec.dest, default=None)
+        ini[spec.name] = _ini_value(config, spec.ini)
+    ini_path = str(config.inipath) if config.inipath else ""
+    return resolve(cli=cli, env=os.environ, ini=ini, ini_path=ini_path, ci=detect_ci(os.environ))
+
+
+def with_credentials(url: str, username: str | None, password: str | None) -> str:
+    """Put SIMSCOPE_USERNAME/SIMSCOPE_PASSWORD into *url* when it carries no user."""
+    if not (username or password) or url.startswith("tunnel:"):
+        return url
+    parts = urlsplit(url)
+    if parts.username or parts.password or not parts.hostname:
+        return url
+    user = quote(username or "", safe="")
+    secret = f":{quote(password, safe='')}" if password else ""
+    return urlunsplit(parts._replace(netloc=f"{user}{secret}@{parts.netloc}"))
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "simscope(category=None, testgroup=None, metadata=None, **pairs): Simscope job fields "
+        "for this test (pytest-simscope)",
+    )
+    try:
+        resolved = resolve_settings(config)
+    except SettingsError as exc:
+        raise pytest.UsageError(f"pytest-simscope: {exc}") from None
+    config.stash[resolved_key] = resolved
+    if not resolved.settings.enabled:
+        return
+    if _is_worker(config):
+        config.pluginmanager.register(WorkerSide(), "simscope-worker")
+        return
+    plugin = SimscopePlugin(config, resolved)
+    config.stash[plugin_key] = plugin
+    config.pluginmanager.register(plugin, "simscope-reporter")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(plugin), "simscope-xdist")
+
+
+@pytest.hookimpl
+def pytest_unconfigure(config: pytest.Config) -> None:
+    plugin = config.stash.get(plugin_key, None)
+    if plugin is not None:
+        plugin.shutdown()
+        del config.stash[plugin_key]
+        for name in ("simscope-reporter", "simscope-xdist"):
+            registered = config.pluginmanager.get_plugin(name)
+            if registered is not None:
+                config.pluginmanager.unregister(registered)
+        plugin.reraise_sigterm()
+
+
+class JobMetadata:
+    """What the ``simscope_metadata`` fixture gives a test: pairs added to its job."""
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self._pairs = pairs
+
+    def add(self, name: str, value: object) -> None:
+        self._pairs.extend(metadata_pairs([(name, value)]))
+
+    def __setitem__(self, name: str, value: object) -> None:
+        self.add(name, value)
+
+    def update(self, items: Any = None, **more: object) -> None:
+        self._pairs.extend(metadata_pairs(items))
+        self._pairs.extend(metadata_pairs(more))
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(list(self._pairs))
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+
+@pytest.fixture
+def simscope_metadata(request: pytest.FixtureRequest) -> JobMetadata:
+    """Add ``[name, value]`` metadata to this test's Simscope job while it runs.
+
+    ``simscope_metadata["transactions"] = 100`` or ``simscope_metadata.add(...)``.  Values
+    become strings.  Works (and does nothing visible) when publishing is off.
+    """
+    pairs = request.node.stash.setdefault(metadata_key, [])
+    return JobMetadata(pairs)
+
+
+def _marker_data(item: pytest.Item) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    pairs: list[tuple[str, str]] = []
+    # Closest marker first; a farther one only fills what a closer one left unset.
+    for mark in item.iter_markers("simscope"):
+        kwargs = dict(mark.kwargs)
+        for name in ("category", "testgroup"):
+            value = kwargs.pop(name, None)
+            if value is not None and name not in data:
+                data[name] = _clean_str(value)
+        meta = kwargs.pop("metadata", None)
+        try:
+            pairs[:0] = metadata_pairs(meta) + metadata_pairs(kwargs)
+        except (TypeError, ValueError):
+            pairs[:0] = [("simscope_marker_error", f"bad metadata in marker: {meta!r}"[:200])]
+    if pairs:
+        data["metadata"] = [list(p) for p in pairs]
+    return data
+
+
+def attach_data(item: pytest.Item, report: pytest.TestReport) -> None:
+    """Put what the publisher needs on the report, JSON-safe so xdist carries it."""
+    data: dict[str, Any] = {}
+    if report.when == "setup":
+        data = _marker_data(item)
+        data.pop("metadata", None)
+    elif report.when == "teardown":
+        marker = _marker_data(item)
+        data = {"metadata": marker.get("metadata", [])}
+        added = item.stash.get(metadata_key, None)
+        if added:
+            data["metadata"] = data["metadata"] + [list(p) for p in added]
+        if not data["metadata"]:
+            data = {}
+    if data:
+        setattr(report, DATA_ATTR, data)
+
+
+class WorkerSide:
+    """In an xdist worker: attach data to reports, publish nothing."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        with contextlib.suppress(Exception):
+            attach_data(item, report)
+        return report
+
+
+class SimscopePlugin(WorkerSide):
+    """The publishing side: owns the publisher and the reporter for one session."""
+
+    def __init__(self, config: pytest.Config, resolved: Resolved) -> None:
+        self.config = config
+        self.resolved = resolved
+        self.settings: Settings = resolved.settings
+        self.reporter: SimscopeReporter | None = None
+        self.publisher: Publisher | None = None
+        self.stats: PublishStats | None = None
+        self.queue_root = self._queue_root()
+        self.destination = self._destination()
+        self.run_id = uuid.uuid4().hex[:12]
+        self.active = not (config.option.collectonly or getattr(config.option, "setupplan", False))
+        self._prev_sigterm: Any = None
+        self._sigterm_installed = False
+        self._got_sigterm = False
+        self._heartbeat_stop: Any = None
+        self.recovered = 0
+        self._secrets = [s for s in (self.settings.password,) if s]
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def _queue_root(self) -> Path:
+        if self.settings.queue_dir:
+            root = Path(self.settings.queue_dir).expanduser()
+            if not root.is_absolute():
+                root = self.config.invocation_params.dir / root
+            return root
+        return self.config.rootpath / ".simscope" / "queue"
+
+    def _destination(self) -> str:
+        if self.settings.url:
+            return mask_url(self.settings.url)
+        return f"offline queue {self._rel(self.queue_root / 'outbox')}"
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return os.path.relpath(path, self.config.invocation_params.dir)
+        except ValueError:
+            return str(path)
+
+    def _warn(self, message: str) -> None:
+        # Collected by the publisher and shown in the summary; nothing printed mid-run so
+        # the sender thread never writes into pytest's progress output.
+        return None
+
+    def _clean(self, text: str) -> str:
+        secrets = list(self._secrets)
+        if self.settings.url:
+            with contextlib.suppress(ValueError):
+                password = urlsplit(self.settings.url).password
+                if password:
+                    secrets.append(password)
+        return redact(text, secrets)
+
+    def _make_transport(self, spool: OfflineQueue) -> Transport:
+        s = self.settings
+        if not s.url:
+            return spool
+        from pytest_simscope.transports.network import NetworkOptions, network_transport
+
+        options = NetworkOptions(
+            queue=s.amqp_queue,
+            exchange=s.amqp_exchange,
+            routing_key=s.amqp_routing_key,
+            vhost=s.http_vhost,
+            verify=s.tls_verify,
+            ca_file=s.ca_bundle,
+            client_cert=s.client_cert,
+            client_key=s.client_key,
+            timeout=s.timeout,
+            tunnel_command=s.tunnel_command,
+        )
+        url = with_credentials(s.url, s.username, s.password)
+        return network_transport(url, options)
+
+    def _start_publisher(self) -> Publisher:
+        s = self.settings
+        spool = OfflineQueue(self.queue_root, run_id=self.run_id)
+        self._write_gitignore()
+        journal: Journal | None = None
+        try:
+            journal_dir = self.queue_root / JOURNAL
+            journal_dir.mkdir(parents=True, exist_ok=True)
+            self.recovered = recover(journal_dir, spool)
+            journal = Journal(journal_dir, self.run_id)
+        except (OSError, PublishError) as exc:
+            journal = None
+            self._early_warnings.append(f"journal unavailable: {exc}")
+        try:
+            transport = self._make_transport(spool)
+        except (PublishError, SettingsError) as exc:
+            self._early_warnings.append(f"{exc}; using the offline queue")
+            transport = spool
+        taps: list[Transport] = []
+        if s.record:
+            path = Path(s.record).expanduser()
+            if not path.is_absolute():
+                path = self.config.invocation_params.dir / path
+            try:
+                taps.append(Recorder(path))
+            except PublishError as exc:
+                self._early_warnings.append(str(exc))
+        publisher = Publisher(
+            transport,
+            spool=spool,
+            taps=taps,
+            journal=journal,
+            batch_size=s.batch_size,
+            max_pending=s.max_pending,
+            retry_budget=s.retry_budget,
+            warn=self._warn,
+        )
+        for message in self._early_warnings:
+            publisher._note(message)
+        publisher.start()
+        return publisher
+
+    def _write_gitignore(self) -> None:
+        if self.settings.queue_dir:
+            return
+        top = self.queue_root.parent
+        with contextlib.suppress(OSError):
+            top.mkdir(parents=True, exist_ok=True)
+            ignore = top / ".gitignore"
+            if not ignore.exists():
+                ignore.write_text(GITIGNORE_TEXT, encoding="utf-8")
+
+    _early_warnings: list[str]
+
+    # -- session -------------------------------------------------------------------------
+
+    @pytest.hookimpl
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if not self.active:
+            return
+        self._early_warnings = []
+        try:
+            self.publisher = self._start_publisher()
+            seed = None
+            if self.config.pluginmanager.hasplugin("randomly"):
+                value = getattr(self.config.option, "randomly_seed", None)
+                if isinstance(value, int):
+                    seed = str(value)
+            hook = self.config.hook.pytest_simscope_job
+            self.reporter = SimscopeReporter(
+                self.config,
+                self.resolved,
+                self.publisher,
+                job_hook=hook if hook.get_hookimpls() else None,
+                seed=seed,
+                dist_each=getattr(self.config.option, "dist", "no") == "each",
+            )
+            self.reporter.start()
+        except Exception as exc:  # publishing must never stop the tests
+            self.active = False
+            self._failure = f"pytest-simscope could not start: {type(exc).__name__}: {exc}"
+            return
+        self._install_sigterm()
+        if self.settings.heartbeat > 0:
+            self._start_heartbeat(self.settings.heartbeat)
+
+    _failure = ""
+
+    def _guard(self, what: str, func: Any, *args: Any) -> None:
+        if self.reporter is None:
+            return
+        try:
+            func(*args)
+        except Exception as exc:
+            if self.publisher is not None:
+                self.publisher._note(f"internal error in {what}: {type(exc).__name__}: {exc}")
+
+    @pytest.hookimpl
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if self.reporter is not None:
+            self._guard("collection", self.reporter.set_submitted, len(session.items))
+
+    @pytest.hookimpl
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed and self.reporter is not None:
+            self._guard("collection report", self.reporter.collect_failed, report)
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.reporter is not None:
+            self._guard("test report", self.reporter.logreport, report)
+
+    @pytest.hookimpl
+    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
+        # Under xdist the controller learns a test finished from this hook but not on
+        # which worker; the reporter matches it to the one open job with that node id.
+        if self.reporter is not None:
+            self._guard("test finish", self._logfinish, nodeid)
+
+    def _logfinish(self, nodeid: str) -> None:
+        assert self.reporter is not None
+        workers = [k[0] for k in self.reporter._open if k[1] == nodeid]
+        if len(workers) == 1:
+            self.reporter.logfinish(nodeid, workers[0])
+        elif workers:
+            last = [
+                k for k, job in self.reporter._open.items()
+                if k[1] == nodeid and job.last_report is not None
+                and getattr(job.last_report, "when", "") == "teardown"
+            ]
+            for key in last[:1]:
+                self.reporter.logfinish(nodeid, key[0])
+
+    @pytest.hookimpl(trylast=True)  # after other plugins changed the exit status
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self._stop_heartbeat()
+        if self.reporter is None or self.publisher is None:
+            return
+        self._guard("session finish", self.reporter.finish, exitstatus)
+        try:
+            self.stats = self.publisher.close(self.settings.flush_timeout)
+        except Exception as exc:
+            self._failure = f"closing the publisher failed: {type(exc).__name__}: {exc}"
+        self._restore_sigterm()
+        strict_fail = (
+            self.settings.strict and self.stats is not None and self._undelivered(self.stats)
+        )
+        if strict_fail and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _undelivered(self, stats: PublishStats) -> bool:
+        if stats.lost:
+            return True
+        return bool(self.settings.url) and stats.queued > 0
+
+    # -- terminal ------------------------------------------------------------------------
+
+    @pytest.hookimpl
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        where = self.destination
+        if self.settings.shard:
+            where += f", shard {self.settings.shard}"
+        lines = [f"simscope: regression {self.settings.regression} -> {where}"]
+        if not self.active:
+            lines[0] += " (not publishing: collection only)"
+        if config.option.verbose > 0:
+            for spec in SPECS:
+                value = getattr(self.settings, spec.name)
+                source = self.resolved.sources.get(spec.name, "default")
+                lines.append(f"  simscope {spec.name} = {shown_value(spec, value)} ({source})")
+        return [self._clean(line) for line in lines]
+
+    @pytest.hookimpl
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        for line in self.summary_lines():
+            terminalreporter.write_line(self._clean(line))
+
+    def summary_lines(self) -> list[str]:
+        if self._failure:
+            return [f"simscope: {self._failure}"]
+        stats = self.stats
+        if stats is None or self.reporter is None:
+            return []
+        results = self.reporter.results
+        jobs = sum(results.values())
+        counts = f"{results['pass']} pass, {results['fail']} fail, {results['skip']} skip"
+        outbox = self._rel(self.queue_root / "outbox")
+        queue_arg = self._rel(self.queue_root)
+        if not self.settings.url:
+            line = (
+                f"simscope: {jobs} jobs ({counts}) of {self.settings.regression} queued in "
+                f"{outbox} ({stats.queued} messages); deliver with: "
+                f"pytest-simscope drain {queue_arg} --url URL"
+            )
+        elif stats.queued or stats.lost:
+            line = (
+                f"simscope: {jobs} jobs ({counts}) of {self.settings.regression}: "
+                f"{stats.delivered} messages delivered to {self.destination}, {stats.queued} "
+                f"queued in {outbox}; deliver with: pytest-simscope drain {queue_arg} "
+                f"--url {mask_url(self.settings.url)}"
+            )
+        else:
+            line = (
+                f"simscope: {jobs} jobs ({counts}) of {self.settings.regression} published: "
+                f"{stats.delivered} messages delivered to {self.destination}"
+            )
+        lines = [line]
+        if self.recovered:
+            lines.append(
+                f"simscope: recovered {self.recovered} unsent messages of an earlier run "
+                f"into {outbox}"
+            )
+        if stats.lost:
+            lines.append(f"simscope: warning: {stats.lost} messages could not be queued")
+        seen: set[str] = set()
+        for warning in stats.warnings:
+            if warning not in seen:
+                seen.add(warning)
+                lines.append(f"simscope: warning: {warning}")
+            if len(seen) >= 5 and self.config.option.verbose <= 0:
+                break
+        return lines
+
+    # -- signals and heartbeat -----------------------------------------------------------
+
+    def _install_sigterm(self) -> None:
+        if not hasattr(signal, "SIGTERM"):
+            return
+        try:
+            previous = signal.getsignal(signal.SIGTERM)
+            if previous not in (signal.SIG_DFL, None):
+                return  # someone else handles SIGTERM: leave it to them
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        except ValueError:  # not the main thread
+            return
+        self._prev_sigterm = previous
+        self._sigterm_installed = True
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self._got_sigterm = True
+        self._restore_sigterm()
+        raise KeyboardInterrupt("SIGTERM")
+
+    def _restore_sigterm(self) -> None:
+        if self._sigterm_installed:
+            self._sigterm_installed = False
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, self._prev_sigterm or signal.SIG_DFL)
+
+    def reraise_sigterm(self) -> None:
+        """After a SIGTERM was turned into a clean end, die of it as pytest would have."""
+        if self._got_sigterm and os.environ.get("PYTEST_SIMSCOPE_NO_REKILL") != "1":
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def _start_heartbeat(self, interval: float) -> None:
+        import threading
+
+        stop = threading.Event()
+        self._heartbeat_stop = stop
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                if self.reporter is not None:
+                    with contextlib.suppress(Exception):
+                        self.reporter.heartbeat(interval)
+
+        threading.Thread(target=beat, name="simscope-heartbeat", daemon=True).start()
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat_stop is not None:
+            self._heartbeat_stop.set()
+            self._heartbeat_stop = None
+
+    def shutdown(self) -> None:
+        """Last resort at unconfigure: close whatever sessionfinish did not."""
+        self._stop_heartbeat()
+        self._restore_sigterm()
+        if self.publisher is not None and self.stats is None:
+            with contextlib.suppress(Exception):
+                if self.reporter is not None:
+                    self.reporter.finish(pytest.ExitCode.INTERNAL_ERROR)
+                self.stats = self.publisher.close(self.settings.flush_timeout)
+
+
+class XdistHooks:
+    """Hooks that exist only when pytest-xdist is installed (controller side)."""
+
+    def __init__(self, plugin: SimscopePlugin) -> None:
+        self.plugin = plugin
+
+    @pytest.hookimpl
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        reporter = self.plugin.reporter
+        if reporter is not None:
+            worker = str(getattr(getattr(node, "gateway", None), "id", "?"))
+            self.plugin._guard("xdist collection", reporter.worker_collected, worker, len(ids))
+
+    @pytest.hookimpl
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        reporter = self.plugin.reporter
+        if reporter is not None and error:
+            worker = str(getattr(getattr(node, "gateway", None), "id", "?"))
+            self.plugin._guard("xdist worker down", reporter.worker_down, worker, error)

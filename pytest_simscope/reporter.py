@@ -1,0 +1,516 @@
+"""The reporter: turns pytest's reports into Simscope messages.
+
+One instance lives in the process that publishes (the only process, or the xdist
+controller).  It sees reports, never items, so everything a worker knows about a test
+(marker fields, metadata added by the test) arrives on the report as the JSON-safe
+``simscope_data`` attribute set in the plugin's ``pytest_runtest_makereport`` wrapper.
+
+A job opens when its first report arrives (``job-live`` after a setup that did not skip)
+and finishes on ``pytest_runtest_logfinish``, on a crashed worker's report, or at session
+end (as a ``fail`` saying why).  Rerun attempts of one test stay one job: the last attempt
+decides its result and metadata counts the reruns.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_simscope.failures import fail_message, first_line
+from pytest_simscope.identity import StartClock, job_slug, make_uniqueid, safe_slug
+from pytest_simscope.models import Envelope, Job, MessageType, Regression, _clean_str, metadata_pairs, rfc3339
+from pytest_simscope.publisher import Publisher
+from pytest_simscope.settings import Resolved
+
+DATA_ATTR = "simscope_data"
+_PHASE_PREFIX = {"setup": "setup error: ", "teardown": "teardown error: "}
+
+
+@dataclass
+class _Open:
+    """A job that has started and not finished yet."""
+
+    nodeid: str
+    worker: str | None
+    uniqueid: str
+    start_epoch: float
+    start_time: str
+    category: str
+    testgroup: str | None
+    live_sent: bool = False
+    reruns: int = 0
+    outcome: str = "passed"  # of the current attempt: passed, failed, skipped
+    xfail: str = ""  # "xfailed" / "xpassed"
+    skip_reason: str = ""
+    failures: list[tuple[str, Any]] = field(default_factory=list)
+    duration: float = 0.0
+    stop_epoch: float = 0.0
+    metadata: list[tuple[str, str]] = field(default_factory=list)
+    sections: list[tuple[str, str]] = field(default_factory=list)
+    last_report: Any = None
+    last_beat: float = 0.0
+
+
+def _worker_of(report: Any) -> str | None:
+    node = getattr(report, "node", None)
+    gateway = getattr(node, "gateway", None)
+    wid = getattr(gateway, "id", None)
+    if isinstance(wid, str):
+        return wid
+    wid = getattr(report, "worker_id", None)
+    return wid if isinstance(wid, str) else None
+
+
+def _crash_summary(longrepr: Any) -> str:
+    """The one-line summary pytest shows for a failure (``ExceptionType: message``)."""
+    crash = getattr(longrepr, "reprcrash", None)
+    message = getattr(crash, "message", None)
+    if isinstance(message, str) and message.strip():
+        return first_line(message)
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return first_line(str(longrepr[2]))
+    return first_line(_clean_str(longrepr)) if longrepr is not None else ""
+
+
+def _longrepr_text(report: Any) -> str:
+    try:
+        text = report.longreprtext
+    except Exception:  # a broken repr must not cost the result
+        text = _clean_str(getattr(report, "longrepr", ""))
+    return _clean_str(text)
+
+
+class SimscopeReporter:
+    """Publish one pytest session as one Simscope regression."""
+
+    def __init__(
+        self,
+        config: pytest.Config,
+        resolved: Resolved,
+        publisher: Publisher,
+        *,
+        job_hook: Callable[..., Any] | None = None,
+        seed: str | None = None,
+        dist_each: bool = False,
+    ) -> None:
+        self.config = config
+        self.settings = resolved.settings
+        self.resolved = resolved
+        self.publisher = publisher
+        self.regression = self.settings.regression or ""
+        self.shard = self.settings.shard
+        self.host = socket.gethostname()
+        self.seed = seed
+        self.dist_each = dist_each
+        self._job_hook = job_hook
+        self._hook_failed = False
+        self._clock = StartClock()
+        self._open: dict[tuple[str | None, str], _Open] = {}
+        self._occurrences: dict[tuple[str | None, str], int] = {}
+        self._collect_failed: set[str] = set()
+        self._submitted: int | None = None
+        self._omitted = 0
+        self._finished = 0
+        self._results: dict[str, int] = {"pass": 0, "fail": 0, "skip": 0}
+        self._started = False
+        self._closed = False
+        self._worker_counts: dict[str, int] = {}
+        self.start_epoch = time.time()
+        self._base_metadata = list(self.settings.metadata)
+        self.jobdir_root = Path(self.settings.jobdir_root) if self.settings.jobdir_root else None
+
+    # -- regression ----------------------------------------------------------------------
+
+    def _regression(self, **fields: Any) -> dict[str, Any]:
+        return Regression(name=self.regression, **fields).body()
+
+    def _send(self, kind: MessageType, body: Any) -> None:
+        self.publisher.publish(Envelope(type=kind, regression=self.regression, body=body))
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        if self.shard:
+            return
+        s = self.settings
+        custom = list(self.resolved.ci.metadata) + list(s.regression_metadata)
+        argv = ["pytest", *self.config.invocation_params.args]
+        body = self._regression(
+            starttime=rfc3339(self._clock_free_now()),
+            pending=True,
+            host=self.host,
+            dir=str(self.config.invocation_params.dir),
+            command=_clean_str(shlex.join(str(a) for a in argv)),
+            project=s.project,
+            component=s.component,
+            model_version=s.model_version,
+            model_branch=s.model_branch,
+            model_timestamp=s.model_timestamp,
+            integrate=s.integrate,
+            queue=s.queue,
+            tag=s.tag,
+            group=s.group,
+            changelist_path=s.changelist_path,
+            custom_metadata=custom or None,
+        )
+        self._send("regr-start", body)
+
+    def _clock_free_now(self) -> Any:
+        from pytest_simscope.models import local_time
+
+        return local_time(self.start_epoch)
+
+    def set_submitted(self, count: int) -> None:
+        """The number of jobs this run will publish is known (after collection)."""
+        count += len(self._collect_failed)
+        if count == self._submitted:
+            return
+        self._submitted = count
+        if not self.shard:
+            self._send("regr-update", self._regression(submitted=max(0, count - self._omitted)))
+
+    def worker_collected(self, worker: str, count: int) -> None:
+        """An xdist worker finished collecting *count* tests."""
+        self._worker_counts[worker] = count
+        if self.dist_each:
+            self.set_submitted(sum(self._worker_counts.values()))
+        elif len(self._worker_counts) == 1:
+            self.set_submitted(count)
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def _testgroup(self, nodeid: str, data: dict[str, Any]) -> str | None:
+        if data.get("testgroup"):
+            return str(data["testgroup"])
+        rule = self.settings.testgroup
+        path, _, rest = nodeid.partition("::")
+        if rule == "none":
+            return None
+        if rule == "dir":
+            return path.rpartition("/")[0] or "."
+        if rule == "class":
+            parts = rest.split("::")
+            if len(parts) > 1:
+                return f"{path}::{'::'.join(parts[:-1])}"
+        return path
+
+    def _open_job(self, report: Any, key: tuple[str | None, str], data: dict[str, Any]) -> _Open:
+        nodeid = key[1]
+        count = self._occurrences.get(key, 0) + 1
+        self._occurrences[key] = count
+        uniqueid = make_uniqueid(
+            nodeid,
+            worker=key[0] if self.dist_each else None,
+            shard=self.shard,
+            occurrence=count,
+        )
+        start = getattr(report, "start", 0.0) or time.time()
+        job = _Open(
+            nodeid=nodeid,
+            worker=key[0],
+            uniqueid=uniqueid,
+            start_epoch=start,
+            start_time=rfc3339(self._clock.claim(start)),
+            category=str(data.get("category") or self.settings.category),
+            testgroup=self._testgroup(nodeid, data),
+        )
+        self._open[key] = job
+        return job
+
+    def _job_body(self, job: _Open, result: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "category": job.category,
+            "uniqueid": job.uniqueid,
+            "result": result,
+            "start_time": job.start_time,
+            "config": _clean_str(job.nodeid),
+            "host": self.host,
+        }
+        if job.testgroup:
+            body["testgroup"] = _clean_str(job.testgroup)
+        if self.settings.build:
+            body["build"] = self.settings.build
+        if self.seed:
+            body["seed"] = self.seed
+        return body
+
+    def _publish_job(self, kind: MessageType, body: dict[str, Any], report: Any) -> None:
+        if self._job_hook is not None:
+            try:
+                model = Job(**body)
+                self._job_hook(job=model, report=report)
+                body = model.body()
+            except Exception as exc:
+                if not self._hook_failed:
+                    self._hook_failed = True
+                    self.publisher._note(
+                        f"pytest_simscope_job raised {type(exc).__name__}: {exc}; "
+                        "jobs are published unchanged"
+                    )
+        self._send(kind, body)
+
+    def _send_live(self, job: _Open, report: Any) -> None:
+        job.live_sent = True
+        job.last_beat = time.monotonic()
+        body = self._job_body(job, "live")
+        if self._base_metadata:
+            body["metadata"] = list(self._base_metadata)
+        self._publish_job("job-live", body, report)
+
+    def logreport(self, report: pytest.TestReport) -> None:
+        key = (_worker_of(report), report.nodeid)
+        when = report.when
+        data = getattr(report, DATA_ATTR, None) or {}
+        if not isinstance(data, dict):
+            data = {}
+        job = self._open.get(key)
+        if when not in ("setup", "call", "teardown"):
+            # A crashed xdist worker: the test it was running ends here.
+            if job is None:
+                job = self._open_job(report, key, data)
+            job.outcome = "failed"
+            job.failures.append(("crash", report))
+            job.last_report = report
+            self._finish(key, job)
+            return
+        if job is None:
+            job = self._open_job(report, key, data)
+        elif when == "setup" and job.last_report is not None and job.reruns == 0:
+            # Same test again after it finished? (cannot happen: finished jobs leave _open)
+            pass
+        if str(report.outcome) == "rerun":  # pytest-rerunfailures' own outcome
+            job.reruns += 1
+            job.outcome = "passed"
+            job.failures = []
+            job.xfail = ""
+            job.last_report = report
+            return
+        job.last_report = report
+        job.duration += getattr(report, "duration", 0.0) or 0.0
+        job.stop_epoch = getattr(report, "stop", 0.0) or time.time()
+        if data.get("metadata"):
+            job.metadata.extend(metadata_pairs(data["metadata"]))
+        for name, content in getattr(report, "sections", ()) or ():
+            if self.jobdir_root is not None:
+                job.sections.append((str(name), _clean_str(content)))
+        wasxfail = getattr(report, "wasxfail", None)
+        if when == "setup":
+            if report.skipped:
+                if wasxfail is not None:
+                    job.xfail = "xfailed"
+                else:
+                    job.outcome = "skipped"
+                    job.skip_reason = _crash_summary(report.longrepr)
+            elif not job.live_sent:
+                self._send_live(job, report)
+        if report.failed:
+            job.outcome = "failed"
+            job.failures.append((when, report))
+        elif report.skipped and when == "call":
+            if wasxfail is not None:
+                job.xfail = "xfailed"
+            else:
+                job.outcome = "skipped" if job.outcome != "failed" else "failed"
+                job.skip_reason = _crash_summary(report.longrepr)
+        elif report.passed and when == "call" and wasxfail is not None:
+            job.xfail = "xpassed"
+
+    def logfinish(self, nodeid: str, worker: str | None) -> None:
+        key = (worker, nodeid)
+        job = self._open.get(key)
+        if job is not None:
+            self._finish(key, job)
+
+    def _finish(self, key: tuple[str | None, str], job: _Open, *, why: str = "") -> None:
+        self._open.pop(key, None)
+        if why:
+            job.outcome = "failed"
+        if job.outcome == "failed":
+            result = "fail"
+        elif job.outcome == "skipped":
+            result = "skip"
+        else:
+            result = "pass"
+        if result == "skip" and self.settings.skips == "omit" and not job.live_sent:
+            self._omitted += 1
+            if self._submitted is not None and not self.shard:
+                self._send(
+                    "regr-update", self._regression(submitted=self._submitted - self._omitted)
+                )
+            return
+        body = self._job_body(job, result)
+        if result != "skip":
+            compute = max(0, round(job.duration * 1000))
+            body["compute_ms"] = compute
+            stop = job.stop_epoch or time.time()
+            body["runtime_ms"] = max(compute, round((stop - job.start_epoch) * 1000))
+        stop = job.stop_epoch or time.time()
+        body["finish_time"] = rfc3339(_aware(max(stop, job.start_epoch)))
+        message = ""
+        if result == "fail":
+            message = self._failure_text(job, why)
+        body["fail_message"] = message
+        metadata = list(self._base_metadata)
+        metadata.extend(job.metadata)
+        if job.xfail:
+            metadata.append(("pytest_outcome", job.xfail))
+        if result == "skip" and job.skip_reason:
+            metadata.append(("skip_reason", job.skip_reason[:300]))
+        if job.reruns:
+            metadata.append(("reruns", str(job.reruns)))
+        if metadata:
+            body["metadata"] = metadata
+        if self.jobdir_root is not None:
+            jobdir = self._write_log(job, message)
+            if jobdir:
+                body["jobdir"] = jobdir
+        for name in ("compute_ms", "runtime_ms"):
+            if name in body:
+                body[name] = min(body[name], 24 * 24 * 3600 * 1000 - 1)
+        self._finished += 1
+        self._results[result] += 1
+        self._publish_job("job-finish", body, job.last_report)
+
+    def _failure_text(self, job: _Open, why: str) -> str:
+        limit = self.settings.fail_message_limit
+        if why:
+            details = "\n\n".join(_longrepr_text(r) for _, r in job.failures)
+            return fail_message(why, details, limit)
+        if not job.failures:
+            return fail_message("failed", "", limit)
+        when, report = job.failures[0]
+        prefix = _PHASE_PREFIX.get(when, "")
+        summary = _crash_summary(report.longrepr)
+        if when == "call" and getattr(report, "wasxfail", None) is not None:
+            summary = summary or "XPASS(strict)"
+        details = "\n\n".join(
+            (f"[{w}] " if len(job.failures) > 1 else "") + _longrepr_text(r)
+            for w, r in job.failures
+        )
+        return fail_message(summary, details, limit, prefix)
+
+    def _write_log(self, job: _Open, message: str) -> str | None:
+        assert self.jobdir_root is not None
+        try:
+            folder = (
+                self.jobdir_root
+                / (safe_slug(self.regression, 60) or "regression")
+                / f"{job_slug(job.nodeid, 60)}-{abs(hash(job.uniqueid)) % 10**8:08d}"
+            )
+            folder.mkdir(parents=True, exist_ok=True)
+            parts = [f"test: {job.nodeid}", f"uniqueid: {job.uniqueid}", ""]
+            if message:
+                parts += ["== failure ==", message, ""]
+            for name, content in job.sections:
+                parts += [f"== {name} ==", content, ""]
+            (folder / "log.txt").write_text(
+                "\n".join(parts), encoding="utf-8", errors="backslashreplace"
+            )
+            return str(folder.resolve())
+        except OSError as exc:
+            self.publisher._note(f"cannot write the job log under {self.jobdir_root}: {exc}")
+            self.jobdir_root = None
+            return None
+
+    def collect_failed(self, report: pytest.CollectReport) -> None:
+        """A file that fails to import becomes a fail job of its own."""
+        nodeid = report.nodeid or "<collection>"
+        if nodeid in self._collect_failed:
+            return  # every xdist worker reports the same collection error
+        self._collect_failed.add(nodeid)
+        if self._submitted is not None:
+            self._submitted += 1
+            if not self.shard:
+                self._send(
+                    "regr-update", self._regression(submitted=self._submitted - self._omitted)
+                )
+        now = time.time()
+        start = rfc3339(self._clock.claim(now))
+        body: dict[str, Any] = {
+            "category": self.settings.category,
+            "uniqueid": make_uniqueid(f"collect:{nodeid}", shard=self.shard),
+            "result": "fail",
+            "start_time": start,
+            "finish_time": start,
+            "compute_ms": 0,
+            "runtime_ms": 0,
+            "config": _clean_str(nodeid),
+            "host": self.host,
+            "fail_message": fail_message(
+                _crash_summary(report.longrepr) or "collection failed",
+                _longrepr_text(report),
+                self.settings.fail_message_limit,
+                "collection error: ",
+            ),
+        }
+        testgroup = self._testgroup(nodeid, {})
+        if testgroup:
+            body["testgroup"] = testgroup
+        if self.settings.build:
+            body["build"] = self.settings.build
+        if self._base_metadata:
+            body["metadata"] = list(self._base_metadata)
+        self._finished += 1
+        self._results["fail"] += 1
+        self._publish_job("job-finish", body, report)
+
+    def worker_down(self, worker: str, error: Any) -> None:
+        """An xdist worker went away: its running tests end as failures."""
+        for key in [k for k in self._open if k[0] == worker]:
+            job = self._open[key]
+            self._finish(key, job, why=f"worker {worker!r} crashed while running {job.nodeid!r}")
+
+    def heartbeat(self, interval: float) -> None:
+        """Re-send the live job of tests running longer than *interval*; update running."""
+        now = time.monotonic()
+        running = 0
+        for job in list(self._open.values()):
+            if job.live_sent:
+                running += 1
+                if now - job.last_beat >= interval:
+                    self._send_live(job, job.last_report)
+        if not self.shard and running:
+            self._send("regr-update", self._regression(running=running))
+
+    # -- end -----------------------------------------------------------------------------
+
+    def finish(self, exitstatus: int | pytest.ExitCode) -> None:
+        """Close every open job and the regression; safe to call more than once."""
+        if self._closed or not self._started:
+            return
+        self._closed = True
+        code = int(exitstatus)
+        if code == pytest.ExitCode.INTERRUPTED:
+            reason = "interrupted: the test session was stopped before this test finished"
+        elif code == pytest.ExitCode.INTERNAL_ERROR:
+            reason = "internal error: pytest failed before this test finished"
+        else:
+            reason = "the test session ended before this test finished"
+        for key, job in list(self._open.items()):
+            self._finish(key, job, why=reason)
+        if self.shard:
+            return
+        fields: dict[str, Any] = {"pending": False}
+        if self._submitted is not None:
+            fields["submitted"] = max(0, self._submitted - self._omitted)
+        else:
+            fields["submitted"] = self._finished
+        self._send("regr-finish", self._regression(**fields))
+
+    @property
+    def results(self) -> dict[str, int]:
+        return dict(self._results)
+
+
+def _aware(epoch: float) -> Any:
+    from pytest_simscope.models import local_time
+
+    return local_time(epoch)

@@ -1,0 +1,232 @@
+"""The offline queue: a file-based job queue in the SYS_19 layout.
+
+::
+
+    <queue>/
+    ├── .gitignore              keeps the queue out of version control
+    ├── tmp/                    entries being built (same filesystem, then renamed)
+    ├── journal/                the publisher's journals (see journal.py)
+    ├── outbox/                 complete entries waiting to be delivered
+    │   └── job-YYYYMMDD-HHMMSS-<name>/job.json
+    ├── inbox/                  results handed back by a remote side (never changed in place)
+    └── archive/                delivered entries
+
+Every job gets one entry; the regression's own messages (start, updates, finish) get one
+entry per run.  ``job.json`` carries the SYS_19 manifest fields and the Simscope messages
+to deliver, each with its sequence number within the run, so a later drain can replay them
+in the order they were published.  An entry appears in ``outbox/`` only complete: it is
+built in ``tmp/`` and renamed; later messages of the same job replace ``job.json``
+atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pytest_simscope import __version__
+from pytest_simscope.errors import PermanentError
+from pytest_simscope.identity import job_slug, safe_slug
+from pytest_simscope.models import REGRESSION_TYPES, Envelope, dumps
+from pytest_simscope.transports.base import Transport
+
+ENTRY_FILE = "job.json"
+OUTBOX, INBOX, ARCHIVE, TMP, JOURNAL = "outbox", "inbox", "archive", "tmp", "journal"
+GITIGNORE_TEXT = "# Created by pytest-simscope: the offline queue is not source code.\n*\n"
+_REGRESSION_KEY = "\x00regression"
+
+
+def ensure_layout(root: Path) -> None:
+    """Create the queue folders (and the ``.gitignore``) when missing."""
+    for name in (OUTBOX, INBOX, ARCHIVE, TMP, JOURNAL):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    ignore = root / ".gitignore"
+    if not ignore.exists():
+        # A read-only .gitignore location must not stop the queue.
+        with contextlib.suppress(OSError):
+            _write_atomic(ignore, GITIGNORE_TEXT.encode())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+def _status(envelope: Envelope, previous: str) -> str:
+    if envelope.type == "job-live":
+        return "running"
+    if envelope.type == "job-finish":
+        body = envelope.body if isinstance(envelope.body, dict) else {}
+        return "failed" if body.get("result") == "fail" else "completed"
+    if envelope.type == "regr-start":
+        return "running"
+    if envelope.type == "regr-finish":
+        return "completed"
+    return previous or "submitted"
+
+
+class OfflineQueue(Transport):
+    """Write messages into a SYS_19 queue folder; one instance per pytest run."""
+
+    local = True
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        run_id: str | None = None,
+        run_started: str | None = None,
+        created_by: str | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.run_started = run_started or dt.datetime.now(dt.timezone.utc).isoformat()
+        self.created_by = created_by or f"pytest-simscope {__version__} on {socket.gethostname()}"
+        self.name = f"offline queue {self.root}"
+        self._seq = 0
+        self._entries = 0
+        # Open entries: (regression, uniqueid) -> (folder name, manifest)
+        self._open: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        self._layout_ready = False
+        self.written = 0
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / OUTBOX
+
+    def _ready(self) -> None:
+        if not self._layout_ready:
+            try:
+                ensure_layout(self.root)
+            except OSError as exc:
+                raise PermanentError(f"cannot create the offline queue {self.root}: {exc}") from exc
+            self._layout_ready = True
+
+    def send(self, batch: Sequence[Envelope]) -> None:
+        self._ready()
+        self.delivered = 0
+        for envelope in batch:
+            try:
+                self._write(envelope)
+            except OSError as exc:
+                raise PermanentError(f"cannot write to the offline queue {self.root}: {exc}") from exc
+            self.delivered += 1
+
+    def _entry_name(self, now: dt.datetime, slug: str) -> str:
+        self._entries += 1
+        stamp = now.strftime("%Y%m%d-%H%M%S")
+        return f"job-{stamp}-{slug}-{self.run_id[:8]}-{self._entries:06d}"
+
+    def _write(self, envelope: Envelope) -> None:
+        messages: list[Envelope]
+        if envelope.type == "batch-job-finish" and isinstance(envelope.body, list):
+            messages = [
+                Envelope(type="job-finish", regression=envelope.regression, body=item)
+                for item in envelope.body
+            ]
+        else:
+            messages = [envelope]
+        for message in messages:
+            self._write_one(message)
+
+    def _write_one(self, envelope: Envelope) -> None:
+        self._seq += 1
+        is_regression = envelope.type in REGRESSION_TYPES
+        uniqueid = envelope.uniqueid or ""
+        key = (envelope.regression, _REGRESSION_KEY if is_regression else uniqueid)
+        record = {"seq": self._seq, **envelope.as_record()}
+        if is_regression:
+            finished = envelope.type == "regr-finish"
+        else:
+            finished = envelope.type == "job-finish" or not uniqueid
+        now = dt.datetime.now(dt.timezone.utc)
+        opened = self._open.get(key)
+        if opened is not None:
+            name, manifest = opened
+            manifest["messages"].append(record)
+            manifest["status"] = _status(envelope, manifest["status"])
+            manifest["updated_at"] = now.isoformat()
+            folder = self.outbox / name
+            try:
+                _write_atomic(folder / ENTRY_FILE, dumps(manifest).encode("utf-8"))
+            except FileNotFoundError:
+                # The entry was delivered and archived meanwhile: start a new one.
+                self._open.pop(key, None)
+                manifest["messages"].pop()
+                opened = None
+            else:
+                if finished:
+                    self._open.pop(key, None)
+                self.written += 1
+                return
+        if is_regression:
+            slug = "regression-" + (safe_slug(envelope.regression, 40) or "unnamed")
+        elif uniqueid:
+            body = envelope.body if isinstance(envelope.body, dict) else {}
+            slug = job_slug(str(body.get("config") or uniqueid))
+        else:
+            slug = envelope.type
+        name = self._entry_name(now, slug)
+        manifest = {
+            "job_id": name,
+            "created_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "created_by": self.created_by,
+            "project": envelope.regression,
+            "type": "simscope-regression" if is_regression else "simscope-job",
+            "status": _status(envelope, "submitted"),
+            "run_id": self.run_id,
+            "run_started": self.run_started,
+            "uniqueid": None if is_regression else uniqueid or None,
+            "messages": [record],
+        }
+        staging = self.root / TMP / name
+        staging.mkdir()
+        with open(staging / ENTRY_FILE, "wb") as handle:
+            handle.write(dumps(manifest).encode("utf-8"))
+        os.rename(staging, self.outbox / name)
+        self.written += 1
+        if not finished:
+            self._open[key] = (name, manifest)
+
+
+def read_entry(folder: Path) -> dict[str, Any]:
+    """Load one entry's manifest (``ValueError`` if it is not a valid entry)."""
+    data = json.loads((folder / ENTRY_FILE).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+        raise ValueError(f"{folder.name}: job.json has no messages list")
+    return data
+
+
+def read_outbox(root: Path) -> list[dict[str, Any]]:
+    """Every message in ``outbox/``, as recorder-style records, in publication order.
+
+    Order: per run (by run start), by sequence number.  Used by tests and ``check``.
+    """
+    records: list[tuple[str, str, int, dict[str, Any]]] = []
+    outbox = Path(root) / OUTBOX
+    if not outbox.is_dir():
+        return []
+    for folder in outbox.iterdir():
+        if not folder.is_dir() or not folder.name.startswith("job-"):
+            continue
+        manifest = read_entry(folder)
+        for message in manifest["messages"]:
+            records.append(
+                (
+                    str(manifest.get("run_started", "")),
+                    str(manifest.get("run_id", "")),
+                    int(message["seq"]),
+                    {k: message[k] for k in ("type", "regression", "body")},
+                )
+            )
+    records.sort(key=lambda item: item[:3])
+    return [item[3] for item in records]
