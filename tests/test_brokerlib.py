@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
@@ -30,10 +29,7 @@ pytestmark = pytest.mark.broker
 
 # Closing every connection or stopping the broker app would break tests running at the
 # same time in sibling xdist workers.
-disruptive = pytest.mark.skipif(
-    int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1,
-    reason="disturbs the shared broker; run without parallel xdist workers",
-)
+disruptive = pytest.mark.serial
 
 
 def _publish(queue: str, body: bytes, **props: object) -> None:
