@@ -13,6 +13,7 @@ decides its result and metadata counts the reruns.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 import socket
 import time
@@ -25,7 +26,15 @@ import pytest
 
 from pytest_simscope.failures import fail_message, first_line
 from pytest_simscope.identity import StartClock, job_slug, make_uniqueid, safe_slug
-from pytest_simscope.models import Envelope, Job, MessageType, Regression, _clean_str, metadata_pairs, rfc3339
+from pytest_simscope.models import (
+    Envelope,
+    Job,
+    MessageType,
+    Regression,
+    _clean_str,
+    metadata_pairs,
+    rfc3339,
+)
 from pytest_simscope.publisher import Publisher
 from pytest_simscope.settings import Resolved
 
@@ -56,6 +65,9 @@ class _Open:
     sections: list[tuple[str, str]] = field(default_factory=list)
     last_report: Any = None
     last_beat: float = 0.0
+    # pytest-rerunfailures asked for another attempt: the next logfinish ends that
+    # attempt, not the job, and the next setup report starts the attempt afresh.
+    rerun_pending: bool = False
 
 
 def _worker_of(report: Any) -> str | None:
@@ -73,7 +85,10 @@ def _crash_summary(longrepr: Any) -> str:
     crash = getattr(longrepr, "reprcrash", None)
     message = getattr(crash, "message", None)
     if isinstance(message, str) and message.strip():
-        return first_line(message)
+        line = first_line(message)
+        # pytest's assertion rewriting drops the exception type ("assert 1 == 2");
+        # put it back so every summary reads "ExceptionType: message".
+        return f"AssertionError: {line}" if line.startswith("assert ") else line
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
         return first_line(str(longrepr[2]))
     return first_line(_clean_str(longrepr)) if longrepr is not None else ""
@@ -115,6 +130,8 @@ class SimscopeReporter:
         self._open: dict[tuple[str | None, str], _Open] = {}
         self._occurrences: dict[tuple[str | None, str], int] = {}
         self._collect_failed: set[str] = set()
+        # Jobs a worker_down already failed: xdist's own crash report for them follows.
+        self._crashed: set[tuple[str | None, str]] = set()
         self._submitted: int | None = None
         self._omitted = 0
         self._finished = 0
@@ -273,7 +290,11 @@ class SimscopeReporter:
             data = {}
         job = self._open.get(key)
         if when not in ("setup", "call", "teardown"):
-            # A crashed xdist worker: the test it was running ends here.
+            # A crashed xdist worker: the test it was running ends here, unless
+            # worker_down (which xdist calls first) already ended it.
+            if job is None and key in self._crashed:
+                self._crashed.discard(key)
+                return
             if job is None:
                 job = self._open_job(report, key, data)
             job.outcome = "failed"
@@ -283,14 +304,18 @@ class SimscopeReporter:
             return
         if job is None:
             job = self._open_job(report, key, data)
-        elif when == "setup" and job.last_report is not None and job.reruns == 0:
-            # Same test again after it finished? (cannot happen: finished jobs leave _open)
-            pass
-        if str(report.outcome) == "rerun":  # pytest-rerunfailures' own outcome
-            job.reruns += 1
+        elif job.rerun_pending and when == "setup":
+            # The next attempt of a rerun test: only the last attempt decides.
+            job.rerun_pending = False
             job.outcome = "passed"
             job.failures = []
             job.xfail = ""
+            job.skip_reason = ""
+            job.metadata = []
+            job.sections = []
+        if str(report.outcome) == "rerun":  # pytest-rerunfailures' own outcome
+            job.reruns += 1
+            job.rerun_pending = True
             job.last_report = report
             return
         job.last_report = report
@@ -298,9 +323,10 @@ class SimscopeReporter:
         job.stop_epoch = getattr(report, "stop", 0.0) or time.time()
         if data.get("metadata"):
             job.metadata.extend(metadata_pairs(data["metadata"]))
-        for name, content in getattr(report, "sections", ()) or ():
-            if self.jobdir_root is not None:
-                job.sections.append((str(name), _clean_str(content)))
+        if self.jobdir_root is not None:
+            # Each report carries every section captured so far for the test.
+            sections = getattr(report, "sections", ()) or ()
+            job.sections = [(str(name), _clean_str(content)) for name, content in sections]
         wasxfail = getattr(report, "wasxfail", None)
         if when == "setup":
             if report.skipped:
@@ -326,6 +352,8 @@ class SimscopeReporter:
     def logfinish(self, nodeid: str, worker: str | None) -> None:
         key = (worker, nodeid)
         job = self._open.get(key)
+        if job is not None and job.rerun_pending:
+            return  # pytest-rerunfailures ends each attempt with a logfinish
         if job is not None:
             self._finish(key, job)
 
@@ -403,7 +431,7 @@ class SimscopeReporter:
             folder = (
                 self.jobdir_root
                 / (safe_slug(self.regression, 60) or "regression")
-                / f"{job_slug(job.nodeid, 60)}-{abs(hash(job.uniqueid)) % 10**8:08d}"
+                / f"{job_slug(job.nodeid, 60)}-{_digest(job.uniqueid)}"
             )
             folder.mkdir(parents=True, exist_ok=True)
             parts = [f"test: {job.nodeid}", f"uniqueid: {job.uniqueid}", ""]
@@ -436,7 +464,10 @@ class SimscopeReporter:
         start = rfc3339(self._clock.claim(now))
         body: dict[str, Any] = {
             "category": self.settings.category,
-            "uniqueid": make_uniqueid(f"collect:{nodeid}", shard=self.shard),
+            # A collector's node id never names a test (those go on with "::name"), so
+            # the node id alone is unique; a "collect:" prefix would be escaped as part of
+            # the file path.
+            "uniqueid": make_uniqueid(nodeid, shard=self.shard),
             "result": "fail",
             "start_time": start,
             "finish_time": start,
@@ -466,6 +497,7 @@ class SimscopeReporter:
         """An xdist worker went away: its running tests end as failures."""
         for key in [k for k in self._open if k[0] == worker]:
             job = self._open[key]
+            self._crashed.add(key)
             self._finish(key, job, why=f"worker {worker!r} crashed while running {job.nodeid!r}")
 
     def heartbeat(self, interval: float) -> None:
@@ -498,16 +530,20 @@ class SimscopeReporter:
             self._finish(key, job, why=reason)
         if self.shard:
             return
-        fields: dict[str, Any] = {"pending": False}
-        if self._submitted is not None:
-            fields["submitted"] = max(0, self._submitted - self._omitted)
-        else:
-            fields["submitted"] = self._finished
+        # Tests that never started (-x, --maxfail, an interrupt, collection errors that
+        # stop the session) are not submitted: the final count is the jobs published, so
+        # a run that ended cleanly is not shown ABORTED.
+        fields: dict[str, Any] = {"pending": False, "submitted": self._finished}
         self._send("regr-finish", self._regression(**fields))
 
     @property
     def results(self) -> dict[str, int]:
         return dict(self._results)
+
+
+def _digest(text: str) -> str:
+    # hash() of a str changes with every process (PYTHONHASHSEED): jobdir names must not.
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
 
 
 def _aware(epoch: float) -> Any:

@@ -1,0 +1,550 @@
+"""What each job carries: the result mapping, fail_message, metadata, hooks, logs and odd input."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from published import (
+    MS,
+    TIME,
+    XDIST_MODES,
+    assert_clean,
+    bodies,
+    finish_body,
+    finished,
+    finished_by_nodeid,
+    isolate_environment,
+    job,
+    job_messages,
+    live_body,
+    message_details,
+    normalise,
+    normalised,
+    recorded,
+    types,
+)
+
+from pytest_simscope.transports.queue import OUTBOX, read_outbox
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    isolate_environment(monkeypatch)
+
+
+MAPPING_SUITE = """
+import pytest
+
+def test_pass():
+    pass
+
+def test_fail():
+    assert 1 == 2, "boom"
+
+@pytest.fixture
+def broken_setup():
+    raise RuntimeError("no database")
+
+def test_setup_error(broken_setup):
+    pass
+
+@pytest.fixture
+def broken_teardown():
+    yield
+    raise ValueError("cannot clean up")
+
+def test_teardown_error(broken_teardown):
+    pass
+
+@pytest.mark.skip(reason="not on this chip")
+def test_skip_marker():
+    pass
+
+def test_skip_body():
+    pytest.skip("no license")
+
+@pytest.mark.xfail(reason="known bug")
+def test_xfail():
+    assert 0
+
+@pytest.mark.xfail(reason="fixed?")
+def test_xpass():
+    pass
+
+@pytest.mark.xfail(reason="must fail", strict=True)
+def test_xpass_strict():
+    pass
+"""
+
+M = "test_mapping.py::"
+
+
+def mapping_jobs() -> dict[str, list[tuple[str, dict[str, object]]]]:
+    """Per test: the normalised job messages the mapping suite must publish."""
+    live = ("job-live",)
+
+    def pair(name: str, result: str, **fields: object) -> list[tuple[str, dict[str, object]]]:
+        return [
+            (live[0], live_body(M + name)),
+            ("job-finish", finish_body(M + name, result, **fields)),
+        ]
+
+    return {
+        M + "test_pass": pair("test_pass", "pass"),
+        M + "test_fail": pair("test_fail", "fail", fail_message="AssertionError: boom"),
+        M + "test_setup_error": pair(
+            "test_setup_error", "fail", fail_message="setup error: RuntimeError: no database"
+        ),
+        M + "test_teardown_error": pair(
+            "test_teardown_error",
+            "fail",
+            fail_message="teardown error: ValueError: cannot clean up",
+        ),
+        # Skipped in setup: the test never ran, so it never was live.
+        M + "test_skip_marker": [
+            (
+                "job-finish",
+                finish_body(
+                    M + "test_skip_marker",
+                    "skip",
+                    metadata=[["skip_reason", "Skipped: not on this chip"]],
+                ),
+            )
+        ],
+        M + "test_skip_body": pair(
+            "test_skip_body", "skip", metadata=[["skip_reason", "Skipped: no license"]]
+        ),
+        M + "test_xfail": pair("test_xfail", "pass", metadata=[["pytest_outcome", "xfailed"]]),
+        M + "test_xpass": pair("test_xpass", "pass", metadata=[["pytest_outcome", "xpassed"]]),
+        M + "test_xpass_strict": pair(
+            "test_xpass_strict", "fail", fail_message="[XPASS(strict)] must fail"
+        ),
+    }
+
+
+@pytest.mark.parametrize("xdist", XDIST_MODES)
+def test_result_mapping_sequence_and_bodies(
+    pytester: pytest.Pytester, xdist: tuple[str, ...]
+) -> None:
+    pytester.makepyfile(test_mapping=MAPPING_SUITE)
+    result, records = recorded(pytester, *xdist)
+
+    result.assert_outcomes(
+        passed=2, failed=2, errors=2, skipped=2, xfailed=1, xpassed=1
+    )
+    assert_clean(records)
+    expected_jobs = mapping_jobs()
+    regression = [(t, b) for t, b in normalised(records) if t.startswith("regr-")]
+    assert [t for t, _ in regression] == ["regr-start", "regr-update", "regr-finish"]
+    assert regression[1][1] == {"name": "lifecycle/1", "submitted": 9}
+    assert regression[2][1] == {"name": "lifecycle/1", "pending": False, "submitted": 9}
+    assert types(records)[:2] == ["regr-start", "regr-update"]
+    assert types(records)[-1] == "regr-finish"
+    per_job = {
+        uid: [(t, normalise(b)) for t, b in messages]
+        for uid, messages in job_messages(records).items()
+    }
+    assert per_job == expected_jobs
+    if xdist != ("-n", "2"):
+        # One process runs the tests in file order: the whole stream is known.
+        flat = [message for name in expected_jobs for message in expected_jobs[name]]
+        assert normalised(records)[2:-1] == flat
+
+
+@pytest.mark.parametrize("xdist", XDIST_MODES)
+def test_fail_message_is_summary_then_full_text(
+    pytester: pytest.Pytester, xdist: tuple[str, ...]
+) -> None:
+    pytester.makepyfile(test_mapping=MAPPING_SUITE)
+    result, records = recorded(pytester, *xdist)
+
+    result.assert_outcomes(passed=2, failed=2, errors=2, skipped=2, xfailed=1, xpassed=1)
+    fail = message_details(job(records, M + "test_fail"))
+    assert "E       AssertionError: boom" in fail or "E   AssertionError: boom" in fail
+    assert fail.rstrip().endswith("test_mapping.py:7: AssertionError")
+    setup = message_details(job(records, M + "test_setup_error"))
+    assert 'raise RuntimeError("no database")' in setup
+    assert setup.rstrip().endswith("test_mapping.py:11: RuntimeError")
+    teardown = message_details(job(records, M + "test_teardown_error"))
+    assert "E       ValueError: cannot clean up" in teardown
+    assert teardown.rstrip().endswith("test_mapping.py:19: ValueError")
+    for body in finished(records).values():
+        if body["result"] != "fail":
+            assert body["fail_message"] == ""
+
+
+def test_bare_assert_summary_names_the_exception(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_bare="""
+        def test_compare():
+            value = 2
+            assert value == 3
+        """
+    )
+    result, records = recorded(pytester)
+
+    result.assert_outcomes(failed=1)
+    message = job(records, "test_bare.py::test_compare")["fail_message"]
+    assert message.partition("\n")[0] == "AssertionError: assert 2 == 3"
+
+
+@pytest.mark.parametrize("xdist", XDIST_MODES)
+def test_skips_omit_leaves_out_skipped_by_marker(
+    pytester: pytest.Pytester, xdist: tuple[str, ...]
+) -> None:
+    pytester.makepyfile(
+        test_skips="""
+        import pytest
+
+        def test_runs():
+            pass
+
+        @pytest.mark.skip(reason="off")
+        def test_marker():
+            pass
+
+        @pytest.mark.skipif(True, reason="never here")
+        def test_skipif():
+            pass
+
+        def test_body():
+            pytest.skip("decided while running")
+        """
+    )
+    result, records = recorded(pytester, "--simscope-skips=omit", *xdist)
+
+    result.assert_outcomes(passed=1, skipped=3)
+    assert_clean(records)
+    jobs = finished(records)
+    # A test skipped while it ran was already live: it stays, as a skip.
+    assert {uid: body["result"] for uid, body in jobs.items()} == {
+        "test_skips.py::test_runs": "pass",
+        "test_skips.py::test_body": "skip",
+    }
+    assert "test_skips.py::test_marker" not in job_messages(records)
+    updates = [b["submitted"] for b in bodies(records, "regr-update")]
+    assert updates[0] == 4
+    assert updates[-1] == 2
+    assert bodies(records, "regr-finish") == [
+        {"name": "lifecycle/1", "pending": False, "submitted": 2}
+    ]
+
+
+RERUN_SUITE = """
+import pathlib
+
+def test_flaky():
+    counter = pathlib.Path(__file__).with_name("attempts.txt")
+    attempt = int(counter.read_text()) if counter.exists() else 0
+    counter.write_text(str(attempt + 1))
+    assert attempt >= 2, f"attempt {attempt}"
+
+def test_always_fails():
+    assert 0, "still broken"
+
+def test_fine():
+    pass
+"""
+
+
+@pytest.mark.parametrize("xdist", XDIST_MODES)
+def test_reruns_are_one_job_per_test(pytester: pytest.Pytester, xdist: tuple[str, ...]) -> None:
+    pytester.makepyfile(test_rerun=RERUN_SUITE)
+    result, records = recorded(pytester, "--reruns", "2", *xdist)
+
+    assert result.parseoutcomes() == {"passed": 2, "failed": 1, "rerun": 4}
+    assert_clean(records)
+    per_job = job_messages(records)
+    assert sorted(per_job) == [
+        "test_rerun.py::test_always_fails",
+        "test_rerun.py::test_fine",
+        "test_rerun.py::test_flaky",
+    ]
+    for messages in per_job.values():
+        assert [t for t, _ in messages] == ["job-live", "job-finish"]
+    assert normalise(job(records, "test_rerun.py::test_flaky")) == finish_body(
+        "test_rerun.py::test_flaky", "pass", metadata=[["reruns", "2"]]
+    )
+    assert normalise(job(records, "test_rerun.py::test_always_fails")) == finish_body(
+        "test_rerun.py::test_always_fails",
+        "fail",
+        fail_message="AssertionError: still broken",
+        metadata=[["reruns", "2"]],
+    )
+    assert normalise(job(records, "test_rerun.py::test_fine")) == finish_body(
+        "test_rerun.py::test_fine", "pass"
+    )
+    assert bodies(records, "regr-finish")[0]["submitted"] == 3
+
+
+MARKER_SUITE = """
+import pytest
+
+@pytest.mark.simscope(category="lint", testgroup="g", metadata={"a": 1}, b="x")
+def test_marked(simscope_metadata):
+    simscope_metadata["k"] = "v"
+    simscope_metadata.add("n", 3)
+
+@pytest.mark.simscope(testgroup="cls")
+class TestGroup:
+    @pytest.mark.simscope(category="near", metadata=[("level", "method")])
+    def test_method(self):
+        pass
+
+def test_plain(simscope_metadata):
+    pass
+"""
+
+
+@pytest.mark.parametrize("xdist", XDIST_MODES)
+def test_marker_and_fixture_fill_the_job(pytester: pytest.Pytester, xdist: tuple[str, ...]) -> None:
+    pytester.makepyfile(test_marker=MARKER_SUITE)
+    result, records = recorded(pytester, "--simscope-metadata", "site=lab", *xdist)
+
+    result.assert_outcomes(passed=3)
+    assert_clean(records)
+    marked = "test_marker.py::test_marked"
+    method = "test_marker.py::TestGroup::test_method"
+    plain = "test_marker.py::test_plain"
+    site = ["site", "lab"]
+    assert [(t, normalise(b)) for t, b in job_messages(records)[marked]] == [
+        ("job-live", live_body(marked, category="lint", testgroup="g", metadata=[site])),
+        (
+            "job-finish",
+            finish_body(
+                marked,
+                "pass",
+                category="lint",
+                testgroup="g",
+                metadata=[site, ["a", "1"], ["b", "x"], ["k", "v"], ["n", "3"]],
+            ),
+        ),
+    ]
+    assert normalise(job(records, method)) == finish_body(
+        method, "pass", category="near", testgroup="cls", metadata=[site, ["level", "method"]]
+    )
+    assert normalise(job(records, plain)) == finish_body(plain, "pass", metadata=[site])
+
+
+HOOK_SUITE = """
+def test_one():
+    pass
+
+def test_two():
+    assert 0, "two"
+"""
+
+
+@pytest.mark.parametrize("xdist", XDIST_MODES)
+def test_job_hook_changes_the_job(pytester: pytest.Pytester, xdist: tuple[str, ...]) -> None:
+    pytester.makeconftest(
+        """
+        def pytest_simscope_job(job, report):
+            job.build = "x"
+            if job.result != "live":
+                job.metadata = list(job.metadata or []) + [("when", report.when)]
+        """
+    )
+    pytester.makepyfile(test_hooked=HOOK_SUITE)
+    result, records = recorded(pytester, *xdist)
+
+    result.assert_outcomes(passed=1, failed=1)
+    assert_clean(records)
+    one = "test_hooked.py::test_one"
+    assert [(t, normalise(b)) for t, b in job_messages(records)[one]] == [
+        ("job-live", live_body(one, build="x")),
+        ("job-finish", finish_body(one, "pass", build="x", metadata=[["when", "teardown"]])),
+    ]
+    two = job(records, "test_hooked.py::test_two")
+    assert (two["build"], two["result"]) == ("x", "fail")
+
+
+@pytest.mark.parametrize("xdist", XDIST_MODES)
+def test_job_hook_that_raises_leaves_jobs_unchanged(
+    pytester: pytest.Pytester, xdist: tuple[str, ...]
+) -> None:
+    pytester.makeconftest(
+        """
+        def pytest_simscope_job(job, report):
+            job.build = "half-changed"
+            raise RuntimeError("hook is broken")
+        """
+    )
+    pytester.makepyfile(test_hooked=HOOK_SUITE)
+    result, records = recorded(pytester, *xdist)
+
+    result.assert_outcomes(passed=1, failed=1)
+    # As without the plugin: one test failed.
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert_clean(records)
+    assert normalise(job(records, "test_hooked.py::test_one")) == finish_body(
+        "test_hooked.py::test_one", "pass"
+    )
+    assert "build" not in job(records, "test_hooked.py::test_two")
+    warnings = [line for line in result.outlines if line.startswith("simscope: warning:")]
+    assert warnings == [
+        "simscope: warning: pytest_simscope_job raised RuntimeError: hook is broken; "
+        "jobs are published unchanged"
+    ]
+
+
+@pytest.mark.parametrize("xdist", [XDIST_MODES[0], XDIST_MODES[2]])
+def test_jobdir_holds_the_log_of_each_test(
+    pytester: pytest.Pytester, xdist: tuple[str, ...]
+) -> None:
+    pytester.makepyfile(
+        test_logged="""
+        def test_noisy():
+            print("stdout of the " + "failing test")
+            assert 0, "the failure"
+
+        def test_quiet():
+            print("stdout of the " + "passing test")
+        """
+    )
+    root = pytester.path / "jobs"
+    result, records = recorded(pytester, f"--simscope-jobdir-root={root}", *xdist)
+
+    result.assert_outcomes(passed=1, failed=1)
+    assert_clean(records)
+    noisy = job(records, "test_logged.py::test_noisy")
+    quiet = job(records, "test_logged.py::test_quiet")
+    folders = {Path(noisy["jobdir"]), Path(quiet["jobdir"])}
+    assert len(folders) == 2
+    for folder in folders:
+        assert folder.is_dir()
+        assert folder.resolve().is_relative_to(root.resolve())
+    log = (Path(noisy["jobdir"]) / "log.txt").read_text(encoding="utf-8")
+    assert "test: test_logged.py::test_noisy" in log
+    assert "== failure ==\n" + noisy["fail_message"] + "\n" in log
+    assert log.count("stdout of the failing test") == 1
+    quiet_log = (Path(quiet["jobdir"]) / "log.txt").read_text(encoding="utf-8")
+    assert "== failure ==" not in quiet_log
+    assert quiet_log.count("stdout of the passing test") == 1
+    live = [b for b in bodies(records, "job-live") if b["config"] == quiet["config"]]
+    assert "jobdir" not in live[0]
+
+
+def test_jobdir_names_are_the_same_from_run_to_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_named="def test_one():\n    pass\n")
+    root = pytester.path / "jobs"
+
+    _, first = recorded(pytester, f"--simscope-jobdir-root={root}", subprocess=True)
+    _, second = recorded(pytester, f"--simscope-jobdir-root={root}", subprocess=True)
+
+    assert job(first, "test_named.py::test_one")["jobdir"] == job(
+        second, "test_named.py::test_one"
+    )["jobdir"]
+
+
+def test_huge_failure_message_keeps_head_and_tail(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_huge="""
+        def test_default_limit():
+            assert 0, "HEAD" + "x" * 1_000_000 + "TAIL"
+        """
+    )
+    result, records = recorded(pytester)
+    _, limited = recorded(pytester, "--simscope-fail-message-limit=3000")
+
+    result.assert_outcomes(failed=1)
+    assert_clean(records)
+    assert_clean(limited)
+    for stream, limit in ((records, 20000), (limited, 3000)):
+        message = job(stream, "test_huge.py::test_default_limit")["fail_message"]
+        assert len(message) <= limit
+        assert message.startswith("AssertionError: HEADxxx")
+        assert len(message.partition("\n")[0]) <= 300
+        assert re.search(r"\[\.\.\. \d+ characters cut by pytest-simscope \.\.\.\]", message)
+        assert message.rstrip().endswith("test_huge.py:2: AssertionError")
+        cut = int(re.findall(r"(\d+) characters cut", message)[0])
+        assert cut > 1_000_000 - limit
+
+
+def test_binary_output_and_odd_test_ids_publish_safely(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_odd="""
+        import sys
+        import pytest
+
+        IDS = [
+            "a/b", "x::y", "[..]", "\\u00fcn\\u00efc\\u00f6de", "..", "CON", "nul\\x00", "L" * 300
+        ]
+
+        def test_binary_stdout():
+            sys.stdout.buffer.write(b"\\xff\\xfe\\x00raw\\x80\\n")
+            sys.stdout.flush()
+            print("lone surrogate \\udcff here")
+            assert 0, b"\\xff\\xfe".decode("latin-1")
+
+        @pytest.mark.parametrize("name", IDS, ids=IDS)
+        def test_ids(name):
+            assert name != "CON", "reserved"
+        """
+    )
+    root = pytester.path / "jobs"
+    result, records = recorded(pytester, f"--simscope-jobdir-root={root}")
+
+    result.assert_outcomes(passed=7, failed=2)
+    assert_clean(records)
+    collected = [line.split(" ")[0] for line in pytester.runpytest_inprocess(
+        "--collect-only", "-q", "-p", "no:randomly"
+    ).outlines if "::" in line]
+    assert sorted(finished_by_nodeid(records)) == sorted(collected)
+    assert len(collected) == 9
+    # The offline queue holds the same stream (less the job-live messages the publisher
+    # dropped because their job-finish was already waiting), in safely named folders.
+    queue = pytester.path / ".simscope" / "queue"
+    queued = read_outbox(queue)
+    assert [r for r in queued if r["type"] != "job-live"] == [
+        r for r in records if r["type"] != "job-live"
+    ]
+    assert all(r in records for r in queued)
+    outbox = (queue / OUTBOX).resolve()
+    for folder in outbox.iterdir():
+        assert re.fullmatch(r"job-\d{8}-\d{6}-[A-Za-z0-9._-]+", folder.name), folder.name
+        assert folder.resolve().parent == outbox
+        assert len(folder.name) < 120
+        assert folder.name.split("-")[3].upper() not in {"CON", "NUL"}
+    for body in finished(records).values():
+        folder = Path(body["jobdir"]).resolve()
+        assert folder.parent.parent == root.resolve()
+        assert (folder / "log.txt").is_file()
+    binary = job(records, "test_odd.py::test_binary_stdout")
+    assert binary["fail_message"].partition("\n")[0] == "AssertionError: \u00ff\u00fe"
+    log = (Path(binary["jobdir"]) / "log.txt").read_text(encoding="utf-8")
+    assert "raw" in log
+    assert "lone surrogate" in log
+
+
+@pytest.mark.parametrize("xdist", [XDIST_MODES[0], XDIST_MODES[2]])
+def test_randomly_seed_is_on_every_job(pytester: pytest.Pytester, xdist: tuple[str, ...]) -> None:
+    pytester.makepyfile(
+        test_seeded="""
+        def test_one():
+            pass
+
+        def test_two():
+            pass
+        """
+    )
+    result, records = recorded(
+        pytester, "-p", "randomly", "--randomly-seed=123", *xdist, randomly=True
+    )
+
+    result.assert_outcomes(passed=2)
+    assert_clean(records)
+    jobs = bodies(records, "job-live") + bodies(records, "job-finish")
+    assert len(jobs) == 4
+    assert {b.get("seed") for b in jobs} == {"123"}
+
+
+def test_no_seed_without_randomly(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_unseeded="def test_one():\n    pass\n")
+    _, records = recorded(pytester)
+
+    assert [b.get("seed") for b in bodies(records, "job-finish")] == [None]
+    assert normalise(job(records, "test_unseeded.py::test_one"))["finish_time"] == TIME
+    assert normalise(job(records, "test_unseeded.py::test_one"))["compute_ms"] == MS
