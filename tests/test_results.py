@@ -548,3 +548,26 @@ def test_no_seed_without_randomly(pytester: pytest.Pytester) -> None:
     assert [b.get("seed") for b in bodies(records, "job-finish")] == [None]
     assert normalise(job(records, "test_unseeded.py::test_one"))["finish_time"] == TIME
     assert normalise(job(records, "test_unseeded.py::test_one"))["compute_ms"] == MS
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "failures.py cut_middle: when the room left after the summary line is smaller than "
+        "the '[... N characters cut ...]' marker, the marker alone is returned and the "
+        "fail_message exceeds --simscope-fail-message-limit"
+    ),
+)
+def test_fail_message_within_a_small_limit(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_small="""
+        def test_long_summary():
+            assert 0, "S" * 150 + "\\n" + "detail " * 2000
+        """
+    )
+    result, records = recorded(pytester, "--simscope-fail-message-limit=200")
+
+    result.assert_outcomes(failed=1)
+    message = job(records, "test_small.py::test_long_summary")["fail_message"]
+    assert message.startswith("AssertionError: SSS")
+    assert len(message) <= 200
