@@ -3,13 +3,22 @@
 * A job's ``uniqueid`` is derived from the test's node id, the xdist worker that ran it
   (only when the same test may run on several workers, as under ``--dist each``), the shard
   name (when several pytest processes fill one regression) and, when the same node id runs
-  more than once in one session, its occurrence number.  Rerun attempts of one test keep the
-  same uniqueid: the attempt chain is one job.
+  more than once in one session, its occurrence number::
+
+      [<shard>:]<nodeid>[@<worker>][#<occurrence>]
+
+  Rerun attempts of one test keep the same uniqueid: the attempt chain is one job.  So that
+  different inputs never give the same uniqueid, the characters that separate the parts are
+  percent-escaped where a part holds them: ``%``, ``@``, ``#`` and ``~`` everywhere, ``:``
+  in a shard name and in a node id before its first ``::`` (its file path), and characters
+  UTF-8 cannot carry (lone surrogates from undecodable file names).  Ordinary node ids
+  (``tests/test_a.py::test_b[1-2]``) are unchanged.  An id longer than 240 characters keeps
+  its first 200 and a hash of the whole after a ``~``.
 * ``start_time`` values are unique within a regression: Simscope drops jobs that share a
   start time, category and signature as duplicates, which would silently merge passing
   tests, so a clash is moved on by one microsecond.
 * Folder names for the offline queue are made of ``[A-Za-z0-9._-]`` only, never a reserved
-  Windows name, never ``.`` or ``..``, and bounded in length.
+  Windows name, never ``.`` or ``..``, never ending in a dot, and bounded in length.
 """
 
 from __future__ import annotations
@@ -17,10 +26,38 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import threading
 import unicodedata
 
 MAX_UNIQUEID = 240
 _ID_KEEP = 200
+
+_ESCAPES = {"%": "%25", "@": "%40", "#": "%23", "~": "%7E"}
+_COLON = "%3A"
+
+
+def _escape_char(ch: str, *, colon: bool) -> str:
+    if ch in _ESCAPES:
+        return _ESCAPES[ch]
+    if colon and ch == ":":
+        return _COLON
+    if "\ud800" <= ch <= "\udfff":
+        return f"%u{ord(ch):04X}"
+    return ch
+
+
+def _escape(text: str, *, colon: bool = False) -> str:
+    return "".join(_escape_char(ch, colon=colon) for ch in text)
+
+
+def _escape_nodeid(nodeid: str) -> str:
+    # Colons in the file path (before the first "::", which never starts the id) are
+    # escaped, so the first bare ":" of an id without a shard always begins a "::", while
+    # the ":" after a shard name is followed by something else: the two cannot meet.
+    split = nodeid.find("::", 1)
+    if split < 0:
+        split = len(nodeid)
+    return _escape(nodeid[:split], colon=True) + _escape(nodeid[split:])
 
 
 def _bounded(text: str, limit: int = MAX_UNIQUEID, keep: int = _ID_KEEP) -> str:
@@ -39,14 +76,18 @@ def make_uniqueid(
     occurrence: int = 1,
 ) -> str:
     """The uniqueid of one job (see the module docstring)."""
-    text = nodeid or "<unnamed>"
+    # "%00" is never produced by escaping: an empty node id cannot meet a real one.
+    text = _escape_nodeid(nodeid) if nodeid else "%00"
     if worker:
-        text = f"{text}@{worker}"
+        text = f"{text}@{_escape(worker)}"
     if occurrence > 1:
         text = f"{text}#{occurrence}"
     if shard:
-        text = f"{shard}:{text}"
+        text = f"{_escape(shard, colon=True)}:{text}"
     return _bounded(text)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class StartClock:
@@ -54,17 +95,34 @@ class StartClock:
 
     Times are whole microseconds since the epoch; a time already handed out is moved on to
     the next free microsecond, so no two jobs share one even when they start together.
+    The times are aware and in local time, or in UTC where the local offset is not a whole
+    number of minutes (historic zones), since an RFC 3339 offset cannot carry seconds.
     """
 
     def __init__(self) -> None:
-        self._used: set[int] = set()
+        # A claimed microsecond -> a later one that may be free (path-compressed chains),
+        # so thousands of claims of one instant stay fast.
+        self._next: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def _free(self, micros: int) -> int:
+        path = []
+        while micros in self._next:
+            path.append(micros)
+            micros = self._next[micros]
+        for used in path:
+            self._next[used] = micros
+        return micros
 
     def claim(self, epoch: float) -> dt.datetime:
-        micros = round(epoch * 1_000_000)
-        while micros in self._used:
-            micros += 1
-        self._used.add(micros)
-        return dt.datetime.fromtimestamp(micros / 1_000_000).astimezone()
+        with self._lock:
+            micros = self._free(round(epoch * 1_000_000))
+            self._next[micros] = micros + 1
+        moment = (_EPOCH + dt.timedelta(microseconds=micros)).astimezone()
+        offset = moment.utcoffset()
+        if offset is not None and offset % dt.timedelta(minutes=1):
+            moment = moment.astimezone(dt.timezone.utc)
+        return moment
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -78,19 +136,21 @@ _WINDOWS_RESERVED = frozenset(
 
 
 def safe_slug(text: str, max_len: int = 48) -> str:
-    """A readable, filesystem-safe fragment of *text* (may be empty).
+    """A readable, filesystem-safe fragment of *text*, at most *max_len* long (may be empty).
 
     Non-ASCII letters are reduced to their ASCII base where one exists and dropped
     otherwise; separators, brackets and dot runs become single dashes or dots; the result
     never starts or ends with a dot or dash, so it cannot be ``.`` or ``..`` nor end in a
-    character Windows refuses.
+    character Windows refuses, and a reserved Windows device name (``CON``, ``nul.txt``,
+    ``COM1``...) gets a leading underscore.
     """
+    max_len = max(max_len, 2)
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
     slug = _UNSAFE.sub("-", ascii_text)
     slug = _DOTS.sub(".", slug)
     slug = slug[:max_len].strip(".-_")
     if slug.split(".")[0].upper() in _WINDOWS_RESERVED:
-        slug = f"_{slug}"
+        slug = "_" + slug[: max_len - 1].rstrip(".-_")
     return slug
 
 

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,9 +45,22 @@ class Journal:
         self.path = directory / f"{run_id}.jsonl"
         self.ack_path = directory / f"{run_id}.acks"
         self._lock = threading.Lock()
-        self._handle = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
-        _lock(self._handle)
-        self._acks = open(self.ack_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        # Made under a name recovery does not look at, locked, and only then given its
+        # real name: recovery can never find this journal unlocked and take it for dead.
+        hidden = directory / f".{run_id}.{os.getpid()}.jsonl.new"
+        # A lone surrogate is written as its escape rather than stopping the journal.
+        self._handle = open(  # noqa: SIM115
+            hidden, "a", encoding="utf-8", errors="backslashreplace", buffering=1
+        )
+        try:
+            _lock(self._handle)
+            os.replace(hidden, self.path)
+            self._acks = open(self.ack_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        except BaseException:
+            self._handle.close()
+            with contextlib.suppress(OSError):
+                hidden.unlink()
+            raise
         self._acked = 0
         self._closed = False
 
@@ -58,25 +72,26 @@ class Journal:
 
     def ack(self, seq: int) -> None:
         """Everything up to *seq* is safe (delivered or queued)."""
-        if seq <= self._acked:
-            return
-        self._acked = seq
         with self._lock:
-            if not self._closed:
-                self._acks.write(f"{seq}\n")
+            if self._closed or seq <= self._acked:
+                return
+            self._acked = seq
+            self._acks.write(f"{seq}\n")
 
     def close(self, *, remove: bool) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            if remove:
+                # Removed while still locked: a recovery running now never sees the
+                # journal unlocked with messages in it.
+                for path in (self.path, self.ack_path):
+                    with contextlib.suppress(OSError):
+                        path.unlink()
             for handle in (self._handle, self._acks):
                 with contextlib.suppress(OSError):
                     handle.close()
-        if remove:
-            for path in (self.path, self.ack_path):
-                with contextlib.suppress(OSError):
-                    path.unlink()
 
 
 def _read_acked(path: Path) -> int:
@@ -88,50 +103,84 @@ def _read_acked(path: Path) -> int:
     return acked
 
 
-def orphaned_messages(path: Path) -> list[tuple[int, Envelope]] | None:
-    """The unsafe messages of a dead run's journal, or ``None`` if its run is alive."""
+def _read_orphan(handle: IO[str], path: Path) -> list[tuple[int, Envelope]]:
+    acked = _read_acked(path.with_suffix(".acks"))
+    found: list[tuple[int, Envelope]] = []
+    for line in handle:
+        if not line.endswith("\n"):
+            continue  # the last line, cut short by the kill: never handed on
+        try:
+            data = json.loads(line)
+            seq = int(data["seq"])
+            if seq > acked:
+                found.append(
+                    (seq, Envelope(type=data["type"], regression=data["regression"],
+                                   body=data.get("body")))
+                )
+        except (ValueError, KeyError, TypeError):
+            continue  # not a message line: nothing that can be delivered
+    found.sort(key=lambda item: item[0])
+    return found
+
+
+@contextlib.contextmanager
+def _claim(path: Path) -> Iterator[IO[str] | None]:
+    """Open and lock a dead run's journal; ``None`` if its run is alive or it is gone.
+
+    The lock is held until the block ends, so two recoveries never take the same messages.
+    """
     try:
-        handle = open(path, "r+", encoding="utf-8", errors="replace")  # noqa: SIM115
+        handle = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
     except OSError:
-        return None
+        yield None
+        return
     with handle:
         if not _lock(handle):
-            return None
-        acked = _read_acked(path.with_suffix(".acks"))
-        found: list[tuple[int, Envelope]] = []
-        for line in handle:
-            try:
-                data = json.loads(line)
-                seq = int(data["seq"])
-                if seq > acked:
-                    found.append(
-                        (seq, Envelope(type=data["type"], regression=data["regression"],
-                                       body=data.get("body")))
-                    )
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short by the kill: the message was never handed on
-        return found
+            yield None
+            return
+        # Another recovery may have finished with this file (and removed it) between our
+        # open and our lock: then it is not the journal at *path* any more.
+        try:
+            same = os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+        except OSError:
+            same = False
+        yield handle if same else None
+
+
+def orphaned_messages(path: Path) -> list[tuple[int, Envelope]] | None:
+    """The unsafe messages of a dead run's journal, or ``None`` if its run is alive."""
+    with _claim(path) as handle:
+        return None if handle is None else _read_orphan(handle, path)
 
 
 def recover(directory: Path, sink: Any, *, exclude: Path | None = None) -> int:
     """Move the unsafe messages of every dead run's journal into *sink* (a transport).
 
     Returns how many messages were recovered.  A journal is removed only after its
-    messages were written to *sink*.
+    messages were written to *sink*, and stays locked until then.
     """
     if not directory.is_dir():
         return 0
     recovered = 0
-    for path in sorted(directory.glob("*.jsonl"), key=lambda p: p.stat().st_mtime):
+    journals: list[tuple[float, Path]] = []
+    for path in directory.glob("*.jsonl"):
+        with contextlib.suppress(OSError):  # removed meanwhile by its run
+            journals.append((path.stat().st_mtime, path))
+    for _, path in sorted(journals):
         if exclude is not None and path == exclude:
             continue
-        found = orphaned_messages(path)
-        if found is None:
-            continue
-        if found:
-            sink.send([envelope for _, envelope in found])
-            recovered += len(found)
-        for leftover in (path, path.with_suffix(".acks")):
-            with contextlib.suppress(OSError):
-                os.unlink(leftover)
+        with _claim(path) as handle:
+            if handle is None:
+                continue
+            found = _read_orphan(handle, path)
+            if found:
+                sink.send([envelope for _, envelope in found])
+                recovered += len(found)
+            for leftover in (path, path.with_suffix(".acks")):
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
+    for acks in directory.glob("*.acks"):
+        if not acks.with_suffix(".jsonl").exists():
+            with contextlib.suppress(OSError):  # left by a recovery that was itself cut short
+                acks.unlink()
     return recovered

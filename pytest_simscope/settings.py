@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
@@ -140,6 +142,7 @@ SPEC_BY_NAME: dict[str, Spec] = {spec.name: spec for spec in SPECS}
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
+_INT = re.compile(r"[+-]?[0-9]+")
 
 
 class Settings(BaseModel):
@@ -214,7 +217,9 @@ def _parse_pairs(raw: Any, *, from_env: bool) -> tuple[tuple[str, str], ...]:
                 raise ValueError(f"is not valid JSON ({exc})") from None
             if not isinstance(loaded, dict):
                 raise ValueError("must be a JSON object of names to values")
-            return tuple((str(k), str(v)) for k, v in loaded.items())
+            return tuple(
+                (str(k), v if isinstance(v, str) else json.dumps(v)) for k, v in loaded.items()
+            )
         sep = "\n" if "\n" in text else ","
         items = [part.strip() for part in text.split(sep)]
     else:
@@ -245,9 +250,10 @@ def parse_value(spec: Spec, raw: Any, *, from_env: bool = False) -> Any:
         if text in _FALSE:
             return False
         raise ValueError(f"{raw!r} is not a boolean (use true or false)")
-    text = str(raw).strip()
+    # A secret is taken as given: spaces at its ends may belong to it.
+    text = str(raw) if spec.secret and spec.env_only else str(raw).strip()
     if spec.kind == "str":
-        if not text:
+        if not text.strip():
             raise ValueError("must not be empty")
         if "\x00" in text:
             raise ValueError("must not contain NUL characters")
@@ -258,10 +264,9 @@ def parse_value(spec: Spec, raw: Any, *, from_env: bool = False) -> Any:
         return text
     number: float
     if spec.kind == "int":
-        try:
-            number = int(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is not a whole number") from None
+        if not _INT.fullmatch(text):
+            raise ValueError(f"{text!r} is not a whole number")
+        number = int(text)
     else:
         try:
             number = float(text)
@@ -325,10 +330,11 @@ def resolve(
         try:
             values[spec.name] = parse_value(spec, raw, from_env=kind == "env")
         except ValueError as exc:
+            name = spec.env if spec.env_only else spec.flag
+            # What is wrong with a secret would show (part of) it: name the setting only.
             raise SettingsError(
-                f"bad value for {spec.flag} from {where}: {exc}"
-                if not spec.secret
-                else f"bad value for {spec.env} from {where}"
+                f"bad value for {name} from {where}"
+                + ("" if spec.secret else f": {exc}")
             ) from None
         sources[spec.name] = where
     _cross_checks(values, sources)
@@ -344,6 +350,21 @@ def _cross_checks(values: Mapping[str, Any], sources: Mapping[str, str]) -> None
                 f"bad value for --simscope-url from {sources['url']}: the URL must start with "
                 "amqp://, amqps://, http://, https:// or tunnel:"
             )
+        if scheme != "tunnel":
+            # The URL may hold a password: say what is wrong without showing any of it.
+            problem = ""
+            try:
+                parts = urlsplit(url)
+                if not url[len(scheme) + 1 :].startswith("//") or not parts.hostname:
+                    problem = "it names no host (expected scheme://[user:password@]host[:port])"
+                else:
+                    parts.port  # noqa: B018 - raises ValueError for a bad port
+            except ValueError:
+                problem = "it has a bad port or host part"
+            if problem:
+                raise SettingsError(
+                    f"bad value for --simscope-url from {sources['url']}: {problem}"
+                )
     model_timestamp = values.get("model_timestamp")
     if model_timestamp is not None:
         from pytest_simscope.timestamps import parse_rfc3339

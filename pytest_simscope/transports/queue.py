@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import socket
@@ -54,11 +55,27 @@ def ensure_layout(root: Path) -> None:
             _write_atomic(ignore, GITIGNORE_TEXT.encode())
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+def _encode(manifest: dict[str, Any]) -> bytes:
+    # A lone surrogate (from an undecodable file name) cannot be UTF-8: write it as the
+    # JSON escape it reads back as, so the entry is still valid JSON and loses nothing.
+    return dumps(manifest).encode("utf-8", "backslashreplace")
+
+
+def _write_atomic(path: Path, data: bytes, staging: Path | None = None) -> None:
+    """Write *data* to *path* by writing a temporary file and renaming it over *path*.
+
+    The temporary file is made in *staging* (same filesystem) when given, else beside
+    *path*; it never stays behind.
+    """
+    tmp = (staging or path.parent) / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _status(envelope: Envelope, previous: str) -> str:
@@ -118,13 +135,16 @@ class OfflineQueue(Transport):
             try:
                 self._write(envelope)
             except OSError as exc:
-                raise PermanentError(f"cannot write to the offline queue {self.root}: {exc}") from exc
+                raise PermanentError(
+                    f"cannot write to the offline queue {self.root}: {exc}"
+                ) from exc
             self.delivered += 1
 
     def _entry_name(self, now: dt.datetime, slug: str) -> str:
         self._entries += 1
         stamp = now.strftime("%Y%m%d-%H%M%S")
-        return f"job-{stamp}-{slug}-{self.run_id[:8]}-{self._entries:06d}"
+        run = safe_slug(self.run_id, 8) or "run"
+        return f"job-{stamp}-{slug}-{run}-{self._entries:06d}"
 
     def _write(self, envelope: Envelope) -> None:
         messages: list[Envelope]
@@ -154,10 +174,10 @@ class OfflineQueue(Transport):
             name, manifest = opened
             manifest["messages"].append(record)
             manifest["status"] = _status(envelope, manifest["status"])
-            manifest["updated_at"] = now.isoformat()
+            manifest["updated_at"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
             folder = self.outbox / name
             try:
-                _write_atomic(folder / ENTRY_FILE, dumps(manifest).encode("utf-8"))
+                _write_atomic(folder / ENTRY_FILE, _encode(manifest), self.root / TMP)
             except FileNotFoundError:
                 # The entry was delivered and archived meanwhile: start a new one.
                 self._open.pop(key, None)
@@ -174,10 +194,9 @@ class OfflineQueue(Transport):
             body = envelope.body if isinstance(envelope.body, dict) else {}
             slug = job_slug(str(body.get("config") or uniqueid))
         else:
-            slug = envelope.type
-        name = self._entry_name(now, slug)
+            slug = safe_slug(envelope.type) or "message"
         manifest = {
-            "job_id": name,
+            "job_id": "",
             "created_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "created_by": self.created_by,
             "project": envelope.regression,
@@ -188,14 +207,50 @@ class OfflineQueue(Transport):
             "uniqueid": None if is_regression else uniqueid or None,
             "messages": [record],
         }
-        staging = self.root / TMP / name
-        staging.mkdir()
-        with open(staging / ENTRY_FILE, "wb") as handle:
-            handle.write(dumps(manifest).encode("utf-8"))
-        os.rename(staging, self.outbox / name)
+        name = self._publish_entry(now, slug, manifest)
         self.written += 1
         if not finished:
             self._open[key] = (name, manifest)
+
+    def _publish_entry(self, now: dt.datetime, slug: str, manifest: dict[str, Any]) -> str:
+        """Build a new entry in ``tmp/`` and rename it into ``outbox/``; its name."""
+        for _ in range(100):
+            name = self._entry_name(now, slug)
+            manifest["job_id"] = name
+            staging = self.root / TMP / name
+            target = self.outbox / name
+            if target.exists():
+                continue  # another writer with the same run id: take the next number
+            try:
+                staging.mkdir()
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                ensure_layout(self.root)  # someone removed tmp/ while we ran
+                staging.mkdir()
+            try:
+                with open(staging / ENTRY_FILE, "wb") as handle:
+                    handle.write(_encode(manifest))
+                if target.exists():
+                    raise FileExistsError(errno.EEXIST, "entry exists", str(target))
+                os.rename(staging, target)
+            except OSError as exc:
+                _remove_tree(staging)
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    continue
+                raise
+            except BaseException:
+                _remove_tree(staging)
+                raise
+            return name
+        raise FileExistsError(f"no free entry name in {self.outbox} for {slug}")
+
+
+def _remove_tree(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        for child in folder.iterdir():
+            child.unlink()
+        folder.rmdir()
 
 
 def read_entry(folder: Path) -> dict[str, Any]:
