@@ -20,7 +20,11 @@ def cut_middle(text: str, limit: int) -> str:
     """Keep the head and tail of *text* within *limit* characters, saying how much was cut."""
     if len(text) <= limit:
         return text
-    room = max(0, limit - len(_MARK.format(cut=len(text))))
+    mark_len = len(_MARK.format(cut=len(text)))
+    if limit <= mark_len:
+        # No room to say what was cut: keep the head only, within the limit.
+        return text[: max(0, limit)]
+    room = limit - mark_len
     head = room * 2 // 3
     tail = room - head
     cut = len(text) - head - tail

@@ -26,7 +26,7 @@ from pytest_simscope.errors import PublishError, SettingsError
 from pytest_simscope.journal import Journal, recover
 from pytest_simscope.models import _clean_str, metadata_pairs
 from pytest_simscope.publisher import Publisher, PublishStats
-from pytest_simscope.redact import mask_url, redact
+from pytest_simscope.redact import mask_url, mask_urls, redact
 from pytest_simscope.reporter import DATA_ATTR, SimscopeReporter
 from pytest_simscope.settings import SPECS, Resolved, Settings, resolve, shown_value
 from pytest_simscope.transports.base import Transport
@@ -275,14 +275,17 @@ class SimscopePlugin(WorkerSide):
         # the sender thread never writes into pytest's progress output.
         return None
 
-    def _clean(self, text: str) -> str:
+    def _secret_values(self) -> list[str]:
         secrets = list(self._secrets)
         if self.settings.url:
             with contextlib.suppress(ValueError):
                 password = urlsplit(self.settings.url).password
                 if password:
                     secrets.append(password)
-        return redact(text, secrets)
+        return secrets
+
+    def _clean(self, text: str) -> str:
+        return redact(mask_urls(text), self._secret_values())
 
     def _make_transport(self, spool: OfflineQueue) -> Transport:
         s = self.settings
@@ -381,6 +384,7 @@ class SimscopePlugin(WorkerSide):
                 job_hook=hook if hook.get_hookimpls() else None,
                 seed=seed,
                 dist_each=getattr(self.config.option, "dist", "no") == "each",
+                secrets=self._secret_values(),
             )
             self.reporter.start()
         except Exception as exc:  # publishing must never stop the tests

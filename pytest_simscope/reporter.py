@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import shlex
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from pytest_simscope.models import (
     rfc3339,
 )
 from pytest_simscope.publisher import Publisher
+from pytest_simscope.redact import mask_urls, redact
 from pytest_simscope.settings import Resolved
 
 DATA_ATTR = "simscope_data"
@@ -114,7 +116,12 @@ class SimscopeReporter:
         job_hook: Callable[..., Any] | None = None,
         seed: str | None = None,
         dist_each: bool = False,
+        secrets: Sequence[str] = (),
     ) -> None:
+        self.secrets = list(secrets)
+        # The heartbeat thread re-sends live jobs; it must never do so for a job the main
+        # thread is finishing, or Simscope would get a live job after its finish.
+        self._lock = threading.Lock()
         self.config = config
         self.settings = resolved.settings
         self.resolved = resolved
@@ -149,7 +156,11 @@ class SimscopeReporter:
         return Regression(name=self.regression, **fields).body()
 
     def _send(self, kind: MessageType, body: Any) -> None:
-        self.publisher.publish(Envelope(type=kind, regression=self.regression, body=body))
+        # Bodies are built here from known fields, so skip re-validating them on the hot
+        # path; the test suite validates every published stream with check.py instead.
+        self.publisher.publish(
+            Envelope.model_construct(type=kind, regression=self.regression, body=body)
+        )
 
     def start(self) -> None:
         if self._started:
@@ -165,7 +176,7 @@ class SimscopeReporter:
             pending=True,
             host=self.host,
             dir=str(self.config.invocation_params.dir),
-            command=_clean_str(shlex.join(str(a) for a in argv)),
+            command=redact(mask_urls(_clean_str(shlex.join(str(a) for a in argv))), self.secrets),
             project=s.project,
             component=s.component,
             model_version=s.model_version,
@@ -358,7 +369,8 @@ class SimscopeReporter:
             self._finish(key, job)
 
     def _finish(self, key: tuple[str | None, str], job: _Open, *, why: str = "") -> None:
-        self._open.pop(key, None)
+        with self._lock:
+            self._open.pop(key, None)
         if why:
             job.outcome = "failed"
         if job.outcome == "failed":
@@ -502,15 +514,18 @@ class SimscopeReporter:
 
     def heartbeat(self, interval: float) -> None:
         """Re-send the live job of tests running longer than *interval*; update running."""
-        now = time.monotonic()
-        running = 0
-        for job in list(self._open.values()):
-            if job.live_sent:
-                running += 1
-                if now - job.last_beat >= interval:
-                    self._send_live(job, job.last_report)
-        if not self.shard and running:
-            self._send("regr-update", self._regression(running=running))
+        with self._lock:
+            if self._closed:
+                return
+            now = time.monotonic()
+            running = 0
+            for job in list(self._open.values()):
+                if job.live_sent:
+                    running += 1
+                    if now - job.last_beat >= interval:
+                        self._send_live(job, job.last_report)
+            if not self.shard and running:
+                self._send("regr-update", self._regression(running=running))
 
     # -- end -----------------------------------------------------------------------------
 

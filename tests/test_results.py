@@ -550,14 +550,6 @@ def test_no_seed_without_randomly(pytester: pytest.Pytester) -> None:
     assert normalise(job(records, "test_unseeded.py::test_one"))["compute_ms"] == MS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "failures.py cut_middle: when the room left after the summary line is smaller than "
-        "the '[... N characters cut ...]' marker, the marker alone is returned and the "
-        "fail_message exceeds --simscope-fail-message-limit"
-    ),
-)
 def test_fail_message_within_a_small_limit(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_small="""
