@@ -10,10 +10,10 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
-from brokerlib import BrokerInfo, ReceivedMessage, get_messages
+from brokerlib import BrokerInfo, get_messages
+from test_drain import flatten
 
 from pytest_simscope.check import check_records
 
@@ -48,19 +48,6 @@ def _env() -> dict[str, str]:
 def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pytest_simscope.cli", *args],
                           capture_output=True, text=True, cwd=cwd, env=_env(), timeout=120)
-
-
-def flatten(messages: list[ReceivedMessage]) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    for message in messages:
-        body = message.json()
-        if message.type == "batch-job-finish":
-            records.extend({"type": "job-finish", "regression": message.correlation_id,
-                            "body": item} for item in body)
-        else:
-            records.append({"type": message.type, "regression": message.correlation_id,
-                            "body": body})
-    return records
 
 
 @pytest.mark.parametrize("route", ["amqp", "offline-then-drain"])
