@@ -41,6 +41,10 @@ def rfc3339(moment: dt.datetime) -> str:
     """Format *moment* as RFC 3339 with microseconds and its UTC offset."""
     if moment.tzinfo is None:
         moment = moment.astimezone()
+    offset = moment.utcoffset()
+    if offset is not None and offset.seconds % 60:
+        # Historic zones have offsets with seconds, which RFC 3339 cannot express.
+        moment = moment.astimezone(dt.timezone.utc)
     return moment.isoformat(timespec="microseconds")
 
 

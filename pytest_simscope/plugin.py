@@ -30,7 +30,7 @@ from pytest_simscope.redact import mask_url, mask_urls, redact
 from pytest_simscope.reporter import DATA_ATTR, SimscopeReporter
 from pytest_simscope.settings import SPECS, Resolved, Settings, resolve, shown_value
 from pytest_simscope.transports.base import Transport
-from pytest_simscope.transports.queue import GITIGNORE_TEXT, JOURNAL, OfflineQueue
+from pytest_simscope.transports.queue import GITIGNORE_TEXT, JOURNAL, OfflineQueue, write_atomic
 from pytest_simscope.transports.record import Recorder
 
 resolved_key = pytest.StashKey[Resolved]()
@@ -55,9 +55,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             )
             parser.addini(spec.ini, help=spec.help, type="linelist", default=None)
         elif spec.kind == "bool":
+            # A flag and its --simscope-no-* opposite, never an optional value: an
+            # optional value would swallow the test path that follows the flag.
             group.addoption(
-                spec.flag, dest=spec.dest, nargs="?", const="true", default=None,
-                metavar=spec.metavar or "BOOL", help=help_text,
+                spec.flag, dest=spec.dest, action="store_const", const="true", default=None,
+                help=help_text,
+            )
+            group.addoption(
+                spec.flag.replace("--simscope-", "--simscope-no-", 1), dest=spec.dest,
+                action="store_const", const="false", default=None,
+                help=f"Turn {spec.flag} off.",
             )
             parser.addini(spec.ini, help=spec.help, type="string", default=None)
         else:
@@ -358,7 +365,7 @@ class SimscopePlugin(WorkerSide):
             top.mkdir(parents=True, exist_ok=True)
             ignore = top / ".gitignore"
             if not ignore.exists():
-                ignore.write_text(GITIGNORE_TEXT, encoding="utf-8")
+                write_atomic(ignore, GITIGNORE_TEXT.encode("utf-8"))
 
     _early_warnings: list[str]
 

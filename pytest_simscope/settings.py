@@ -394,6 +394,8 @@ def shown_value(spec: Spec, value: Any) -> str:
         return "***"
     if spec.kind == "pairs":
         return ", ".join(f"{k}={v}" for k, v in value)
+    if isinstance(value, bool):
+        return str(value).lower()
     return str(value)
 
 
