@@ -528,7 +528,7 @@ def test_every_ini_file_kind(pytester: pytest.Pytester, kind: str) -> None:
     assert shown["regression"] == ("ini/1", source.format("simscope_regression"))
     assert shown["category"] == ("from-ini", source.format("simscope_category"))
     assert shown["batch_size"] == ("7", source.format("simscope_batch_size"))
-    assert shown["strict"] == ("True", source.format("simscope_strict"))
+    assert shown["strict"] == ("true", source.format("simscope_strict"))
     assert shown["metadata"] == ("a=1, b=x y", source.format("simscope_metadata"))
     assert shown["timeout"] == ("10.0", "default")
 
@@ -735,3 +735,14 @@ def test_passwords_never_appear(
     for secret in (SECRET_PASSWORD, URL_PASSWORD):
         assert secret not in output
         assert secret not in written, f"{secret} was written to the queue or the record file"
+
+
+def test_bool_flag_does_not_swallow_the_test_path(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_one="def test_one():\n    pass\n")
+    result = pytester.runpytest_inprocess(
+        "-p", "no:randomly", "--simscope-regression=b/1", "--simscope-strict", "test_one.py",
+        "--simscope-no-tls-verify", "-v",
+    )
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*simscope strict = true (command line --simscope-strict)*"])
+    result.stdout.fnmatch_lines(["*simscope tls_verify = false (command line*"])
