@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pytest_simscope import __version__
 from pytest_simscope.errors import PublishError, SettingsError
@@ -41,6 +41,7 @@ from pytest_simscope.models import Envelope, Regression, rfc3339
 from pytest_simscope.redact import mask_url, mask_urls, redact
 from pytest_simscope.settings import SPEC_BY_NAME, Spec, parse_value
 from pytest_simscope.transports.base import Transport
+from pytest_simscope.transports.network import with_credentials
 
 PROG = "pytest-simscope"
 EXIT_OK, EXIT_LEFT, EXIT_USAGE = 0, 1, 2
@@ -150,22 +151,6 @@ def _parse(spec: Spec, raw: Any, where: str, *, from_env: bool) -> Any:
                 "offset"
             )
     return value
-
-
-def with_credentials(url: str, username: str | None, password: str | None) -> str:
-    """Put SIMSCOPE_USERNAME/SIMSCOPE_PASSWORD into *url* when it carries no user.
-
-    The same rule as the plugin's (``plugin.with_credentials``), repeated so that the
-    command does not import pytest just to build a URL.
-    """
-    if not (username or password) or url.startswith("tunnel:"):
-        return url
-    parts = urlsplit(url)
-    if parts.username or parts.password or not parts.hostname:
-        return url
-    user = quote(username or "", safe="")
-    secret = f":{quote(password, safe='')}" if password else ""
-    return urlunsplit(parts._replace(netloc=f"{user}{secret}@{parts.netloc}"))
 
 
 class Destination:

@@ -16,7 +16,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -30,6 +30,7 @@ from pytest_simscope.redact import mask_url, mask_urls, redact
 from pytest_simscope.reporter import DATA_ATTR, SimscopeReporter
 from pytest_simscope.settings import SPECS, Resolved, Settings, resolve, shown_value
 from pytest_simscope.transports.base import Transport
+from pytest_simscope.transports.network import with_credentials
 from pytest_simscope.transports.queue import GITIGNORE_TEXT, JOURNAL, OfflineQueue, write_atomic
 from pytest_simscope.transports.record import Recorder
 
@@ -95,18 +96,6 @@ def resolve_settings(config: pytest.Config) -> Resolved:
         ini[spec.name] = _ini_value(config, spec.ini)
     ini_path = str(config.inipath) if config.inipath else ""
     return resolve(cli=cli, env=os.environ, ini=ini, ini_path=ini_path, ci=detect_ci(os.environ))
-
-
-def with_credentials(url: str, username: str | None, password: str | None) -> str:
-    """Put SIMSCOPE_USERNAME/SIMSCOPE_PASSWORD into *url* when it carries no user."""
-    if not (username or password) or url.startswith("tunnel:"):
-        return url
-    parts = urlsplit(url)
-    if parts.username or parts.password or not parts.hostname:
-        return url
-    user = quote(username or "", safe="")
-    secret = f":{quote(password, safe='')}" if password else ""
-    return urlunsplit(parts._replace(netloc=f"{user}{secret}@{parts.netloc}"))
 
 
 def _is_worker(config: pytest.Config) -> bool:

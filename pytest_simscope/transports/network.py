@@ -9,7 +9,7 @@ kind uses the ones that make sense for it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pytest_simscope.errors import SettingsError
 from pytest_simscope.redact import mask_url
@@ -93,3 +93,15 @@ def network_transport(url: str, options: NetworkOptions) -> Transport:
         f"unsupported Simscope URL {mask_url(url)!r}: use amqp://, amqps://, http://,"
         " https:// or tunnel:"
     )
+
+
+def with_credentials(url: str, username: str | None, password: str | None) -> str:
+    """Put SIMSCOPE_USERNAME/SIMSCOPE_PASSWORD into *url* when it carries no user."""
+    if not (username or password) or url.startswith("tunnel:"):
+        return url
+    parts = urlsplit(url)
+    if parts.username or parts.password or not parts.hostname:
+        return url
+    user = quote(username or "", safe="")
+    secret = f":{quote(password, safe='')}" if password else ""
+    return urlunsplit(parts._replace(netloc=f"{user}{secret}@{parts.netloc}"))
