@@ -41,7 +41,7 @@ from pytest_simscope.redact import mask_urls, redact
 from pytest_simscope.settings import Resolved
 
 DATA_ATTR = "simscope_data"
-_PHASE_PREFIX = {"setup": "setup error: ", "teardown": "teardown error: "}
+_PHASE_PREFIX = {"setup": "setup error: ", "teardown": "teardown error: ", "subtest": ""}
 
 
 @dataclass
@@ -57,6 +57,7 @@ class _Open:
     testgroup: str | None
     live_sent: bool = False
     reruns: int = 0
+    subtests: dict[str, int] = field(default_factory=dict)
     outcome: str = "passed"  # of the current attempt: passed, failed, skipped
     xfail: str = ""  # "xfailed" / "xpassed"
     skip_reason: str = ""
@@ -80,6 +81,11 @@ def _worker_of(report: Any) -> str | None:
         return wid
     wid = getattr(report, "worker_id", None)
     return wid if isinstance(wid, str) else None
+
+
+def _is_subtest(report: Any) -> bool:
+    """A report of one subtest (pytest's ``subtests`` fixture or pytest-subtests)."""
+    return type(report).__name__.lower() == "subtestreport"
 
 
 def _crash_summary(longrepr: Any) -> str:
@@ -324,10 +330,20 @@ class SimscopeReporter:
             job.skip_reason = ""
             job.metadata = []
             job.sections = []
+            job.subtests = {}
         if str(report.outcome) == "rerun":  # pytest-rerunfailures' own outcome
             job.reruns += 1
             job.rerun_pending = True
             job.last_report = report
+            return
+        if _is_subtest(report):
+            # A subtest is part of its test's job: a failing one fails the job, the others
+            # are counted; none of them ends the test or changes its own outcome.
+            outcome = str(report.outcome)
+            job.subtests[outcome] = job.subtests.get(outcome, 0) + 1
+            if report.failed:
+                job.outcome = "failed"
+                job.failures.append(("subtest", report))
             return
         job.last_report = report
         job.duration += getattr(report, "duration", 0.0) or 0.0
@@ -406,6 +422,8 @@ class SimscopeReporter:
             metadata.append(("skip_reason", job.skip_reason[:300]))
         if job.reruns:
             metadata.append(("reruns", str(job.reruns)))
+        for outcome, count in sorted(job.subtests.items()):
+            metadata.append((f"subtests_{outcome}", str(count)))
         if metadata:
             body["metadata"] = metadata
         if self.jobdir_root is not None:
