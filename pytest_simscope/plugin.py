@@ -28,7 +28,7 @@ from pytest_simscope.models import _clean_str, metadata_pairs
 from pytest_simscope.publisher import Publisher, PublishStats
 from pytest_simscope.redact import mask_url, mask_urls, redact
 from pytest_simscope.reporter import DATA_ATTR, SimscopeReporter
-from pytest_simscope.settings import SPECS, Resolved, Settings, resolve, shown_value
+from pytest_simscope.settings import SPEC_BY_NAME, SPECS, Resolved, Settings, resolve, shown_value
 from pytest_simscope.transports.base import Transport
 from pytest_simscope.transports.network import with_credentials
 from pytest_simscope.transports.queue import GITIGNORE_TEXT, JOURNAL, OfflineQueue, write_atomic
@@ -85,7 +85,7 @@ def _ini_value(config: pytest.Config, name: str) -> Any:
         raise SettingsError(f"bad value for ini key {name}: {exc}") from None
 
 
-def resolve_settings(config: pytest.Config) -> Resolved:
+def resolve_settings(config: pytest.Config, *, flags_only: bool = False) -> Resolved:
     """Read every setting from the command line, the environment and the ini file."""
     cli: dict[str, Any] = {}
     ini: dict[str, Any] = {}
@@ -93,9 +93,23 @@ def resolve_settings(config: pytest.Config) -> Resolved:
         if spec.env_only:
             continue
         cli[spec.name] = config.getoption(spec.dest, default=None)
-        ini[spec.name] = _ini_value(config, spec.ini)
+        if not flags_only:
+            ini[spec.name] = _ini_value(config, spec.ini)
+    if flags_only:
+        return resolve(cli=cli, env={}, ini={})
     ini_path = str(config.inipath) if config.inipath else ""
     return resolve(cli=cli, env=os.environ, ini=ini, ini_path=ini_path, ci=detect_ci(os.environ))
+
+
+def _regression_given(config: pytest.Config) -> bool:
+    """Whether any source names a regression (the plugin is enabled only then)."""
+    spec = SPEC_BY_NAME["regression"]
+    try:
+        ini = _ini_value(config, spec.ini)
+    except SettingsError:
+        return True  # let resolve_settings report it
+    values = (config.getoption(spec.dest, default=None), os.environ.get(spec.env), ini)
+    return any(isinstance(v, str) and v.strip() for v in values)
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -109,8 +123,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "simscope(category=None, testgroup=None, metadata=None, **pairs): Simscope job fields "
         "for this test (pytest-simscope)",
     )
+    enabled = _regression_given(config)
     try:
-        resolved = resolve_settings(config)
+        # Not asked for: change nothing, not even by refusing a stray SIMSCOPE_* value or
+        # ini key; a bad --simscope-* flag the user typed is still an error.
+        resolved = resolve_settings(config, flags_only=not enabled)
     except SettingsError as exc:
         raise pytest.UsageError(f"pytest-simscope: {exc}") from None
     config.stash[resolved_key] = resolved

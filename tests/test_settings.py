@@ -746,3 +746,15 @@ def test_bool_flag_does_not_swallow_the_test_path(pytester: pytest.Pytester) -> 
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*simscope strict = true (command line --simscope-strict)*"])
     result.stdout.fnmatch_lines(["*simscope tls_verify = false (command line*"])
+
+
+def test_bad_settings_are_ignored_when_the_plugin_is_not_enabled(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIMSCOPE_TIMEOUT", "abc")
+    pytester.makeini("[pytest]\nsimscope_batch_size = none\n")
+    pytester.makepyfile(test_one="def test_one():\n    pass\n")
+    assert pytester.runpytest_inprocess("-p", "no:randomly").ret == pytest.ExitCode.OK
+    result = pytester.runpytest_inprocess("-p", "no:randomly", "--simscope-regression=r/1")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--simscope-timeout*environment variable SIMSCOPE_TIMEOUT*"])
