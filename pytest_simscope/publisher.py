@@ -1,7 +1,7 @@
 """The publisher: hooks hand it messages; one background thread delivers them in order.
 
-``publish`` never waits on the network: it journals the message (see journal.py) and puts
-it on a bounded in-memory queue.  The sender thread
+``publish`` never waits on the network: it journals the message (see journal.py), shows it
+to the taps (the recorder) and puts it on a bounded in-memory queue.  The sender thread
 
 * drops a ``job-live`` that was not sent yet when its own ``job-finish`` is already queued,
 * sends ``regr-start`` alone, so it is confirmed before any job message goes out,
@@ -11,19 +11,38 @@ it on a bounded in-memory queue.  The sender thread
   (or on a permanent failure) sends everything not yet delivered, in order, to the offline
   queue for the rest of the session.
 
-When the in-memory queue is full, that message and every later one go straight to the
-offline queue, so a slow broker never blocks a test nor grows memory without bound.
+The invariant behind "nothing lost, order kept": what reaches the broker is a *prefix* of
+the published stream and what reaches the offline queue is the rest, written in order by
+one writer at a time.  Delivering the queue later (``pytest-simscope drain``) therefore
+delivers the rest of the stream in order.  A message may be sent twice (a connection lost
+after the broker took a message but before it confirmed it, or a send still hanging when
+the flush deadline passed), never zero times.  The one exception is an offline queue that
+cannot be written (a full disk): those messages are counted as ``lost``, warned about, and
+left in the journal for the next run to recover.
+
+When more than ``max_pending`` messages wait in memory (a broker slower than the tests),
+that message and every later one are spilled to an anonymous temporary file instead, and
+the sender moves them to the offline queue once everything before them is settled: a slow
+broker never blocks a test, never grows memory without bound and never reorders the queue.
+
+At ``close`` the sender gets ``timeout`` seconds to finish; then whatever it has not
+settled (in flight, waiting, spilled) goes to the offline queue, and a send still hanging
+is ignored when it returns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import pickle
 import random
+import struct
+import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import IO
 
 from pytest_simscope.errors import PermanentError, PublishError, TransientError
 from pytest_simscope.journal import Journal
@@ -31,6 +50,19 @@ from pytest_simscope.models import Envelope
 from pytest_simscope.transports.base import Transport
 
 Warn = Callable[[str], None]
+
+# Items one ``send`` carries at most: a failure, the flush deadline or ``close`` is noticed
+# between two sends, and a retry resends at most this much.
+GROUP_ITEMS = 512
+# Spilled messages moved to the offline queue per round.
+SPILL_CHUNK = 1000
+# Retry delays: first about BACKOFF_BASE * 2 seconds, doubling, at most BACKOFF_CAP, each
+# scaled by a random factor in [0.5, 1.5) so many runs hit by one outage do not retry in step.
+BACKOFF_BASE = 0.05
+BACKOFF_CAP = 2.0
+# After the flush deadline, how long ``close`` still waits for the sender to notice before
+# leaving a send that hangs to itself.
+ABANDON_GRACE = 0.5
 
 
 @dataclass
@@ -53,11 +85,92 @@ class _Item:
     envelope: Envelope
 
 
+class _Spill:
+    """Messages that did not fit in memory, in order: in an anonymous temporary file.
+
+    If the file cannot be had or written, later messages wait in memory behind the ones
+    already in the file: the order is kept and nothing is dropped, at the price of memory
+    only when the temporary folder is failing too.
+
+    Not thread-safe: the publisher calls it under its condition lock (or after the sender
+    was abandoned).  Records are length-prefixed pickles: the file is written and read by
+    this process only and disappears with it; the journal covers a crash.
+    """
+
+    def __init__(self) -> None:
+        self._file: IO[bytes] | None = None
+        self._write_at = 0
+        self._read_at = 0
+        self._in_file = 0
+        self._tail: deque[_Item] = deque()
+        self._broken: Exception | None = None
+        self.error = ""
+        try:
+            self._file = tempfile.TemporaryFile(prefix="simscope-spill-")  # noqa: SIM115
+        except OSError as exc:
+            self.error = str(exc)
+
+    @property
+    def waiting(self) -> int:
+        return self._in_file + len(self._tail)
+
+    def append(self, item: _Item) -> None:
+        if self._file is not None and not self._tail:
+            try:
+                data = pickle.dumps((item.seq, item.envelope), protocol=pickle.HIGHEST_PROTOCOL)
+                self._file.seek(self._write_at)
+                self._file.write(struct.pack("<I", len(data)) + data)
+                self._file.flush()
+                self._write_at = self._file.tell()
+            except Exception as exc:
+                self.error = str(exc) or type(exc).__name__
+            else:
+                self._in_file += 1
+                return
+        self._tail.append(item)
+
+    def take(self, limit: int) -> list[_Item]:
+        """Up to *limit* of the oldest messages, removed from the spill.
+
+        Raises if the file cannot be read back; the messages it did read are returned
+        first, so the only ones lost are those still in ``waiting``.
+        """
+        if self._broken is not None:
+            raise self._broken
+        items: list[_Item] = []
+        if self._in_file and self._file is not None:
+            try:
+                self._file.seek(self._read_at)
+                while len(items) < limit and self._in_file:
+                    (size,) = struct.unpack("<I", self._file.read(4))
+                    seq, envelope = pickle.loads(self._file.read(size))
+                    items.append(_Item(seq, envelope))
+                    self._in_file -= 1
+                    self._read_at = self._file.tell()
+            except Exception as exc:
+                if not items:
+                    raise
+                self._broken = exc
+                return items
+        while len(items) < limit and self._tail and not self._in_file:
+            items.append(self._tail.popleft())
+        return items
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+
+
 class Publisher:
     """Deliver envelopes through *transport*, falling back to *spool* (the offline queue).
 
     *taps* (the JSON-lines recorder) see every envelope synchronously, in order.  When
-    *transport* is the offline queue itself, pass it as *spool* too.
+    *transport* is the offline queue itself, pass it as *spool* too.  *batch_size* is the
+    most ``job-finish`` messages in one ``batch-job-finish`` (1: no batching; local
+    transports never batch).  *retry_budget* is how many seconds one outage is retried
+    before the rest of the run goes to *spool*; *linger* how long the sender lets messages
+    gather before a send.
     """
 
     def __init__(
@@ -70,26 +183,37 @@ class Publisher:
         batch_size: int = 100,
         max_pending: int = 10000,
         retry_budget: float = 30.0,
+        linger: float = 0.05,
         warn: Warn | None = None,
     ) -> None:
         self.transport = transport
         self.spool = spool
         self.taps = list(taps)
         self.journal = journal
-        self.batch_size = batch_size if not transport.local else 1
-        self.max_pending = max_pending
-        self.retry_budget = retry_budget
+        self.batch_size = max(1, batch_size) if not transport.local else 1
+        self.max_pending = max(1, max_pending)
+        self.retry_budget = max(0.0, retry_budget)
+        self.linger = linger
         self.stats = PublishStats()
         self._warn = warn or (lambda message: None)
-        self._pending: deque[_Item] = deque()
+        # Lock order: _spool_lock before _cond, never the other way round.
         self._cond = threading.Condition()
         self._spool_lock = threading.Lock()
+        self._pending: deque[_Item] = deque()
+        # Taken by the sender and not settled yet (delivered, queued or dropped).
+        self._inflight: list[_Item] = []
+        self._spill: _Spill | None = None
+        self._overflow = False
+        self._spill_noted = False
         self._seq = 0
         self._closing = False
+        self._closed = False
         self._abandon = False
-        self._overflow = False
+        self._abandoned = threading.Event()  # wakes the sender from a retry delay
         self._degraded = transport is spool
-        self._inflight: list[_Item] = []
+        # Journal acks stop at the first message that could not be queued, so the journal
+        # keeps it (and what follows) for the next run to recover.
+        self._acking = True
         self._thread = threading.Thread(target=self._run, name="simscope-publisher", daemon=True)
         self._started = False
 
@@ -102,62 +226,99 @@ class Publisher:
 
     def publish(self, envelope: Envelope) -> None:
         """Take one message; never blocks on delivery and never raises."""
-        for tap in list(self.taps):
-            try:
-                tap.send((envelope,))
-            except PublishError as exc:
-                self._note(f"{tap.name}: {exc}")
-                self.taps.remove(tap)
+        direct: _Item | None = None
         with self._cond:
             self._seq += 1
             item = _Item(self._seq, envelope)
             self.stats.published += 1
             if envelope.type == "job-finish":
                 self.stats.jobs += 1
+            # The journal first: a kill between the two writes leaves a message to recover
+            # that the record lacks, never a recorded one that cannot be recovered.
             if self.journal is not None:
                 try:
                     self.journal.append(item.seq, envelope)
-                except (OSError, ValueError) as exc:
+                except Exception as exc:
                     self._note(f"journal disabled: {exc}")
                     self.journal = None
-            if self._closing and not self._thread.is_alive():
-                overflow = True
-            elif not self._overflow and len(self._pending) >= self.max_pending:
-                self._overflow = True
-                self._note(
-                    f"more than {self.max_pending} messages waiting for {self.transport.name};"
-                    " the rest of this run goes to the offline queue"
-                )
-                overflow = True
+            # Under the lock, so the record has the order the sender sees even when the
+            # heartbeat thread publishes at the same time as the tests.
+            for tap in list(self.taps):
+                try:
+                    tap.send((envelope,))
+                except Exception as exc:
+                    self._note(f"{tap.name}: {exc}; no longer written")
+                    self.taps.remove(tap)
+            if self._abandon:
+                direct = item  # after close: straight to the offline queue
+            elif self._overflow or len(self._pending) + len(self._inflight) >= self.max_pending:
+                self._spill_item(item)
             else:
-                overflow = self._overflow
-            if not overflow:
                 self._pending.append(item)
                 self._cond.notify()
-                return
-        self._to_spool([item])
+        if direct is not None:
+            self._write_spool([direct])
+
+    def _spill_item(self, item: _Item) -> None:
+        """Put *item* behind everything before it, outside memory (called under ``_cond``)."""
+        if self._spill is None:
+            self._overflow = True
+            self._spill = _Spill()
+            if self.transport is not self.spool:
+                reason = f"more than {self.max_pending} messages waiting for {self.transport.name}"
+                self.stats.fallback_reason = self.stats.fallback_reason or reason
+                self._note(f"{reason}; the rest of this run goes to the offline queue")
+        spill = self._spill
+        spill.append(item)
+        if spill.error and not self._spill_noted:
+            self._spill_noted = True
+            self._note(f"cannot spill to a temporary file ({spill.error}); holding in memory")
+        self._cond.notify()
 
     def close(self, timeout: float) -> PublishStats:
         """Deliver what is left within *timeout* seconds, then queue the rest."""
+        if self._closed:
+            return self.stats
+        self._closed = True
         with self._cond:
             self._closing = True
-            self._cond.notify()
+            self._cond.notify_all()
         if self._started:
-            self._thread.join(timeout)
-        with self._cond:
-            self._abandon = True
-            leftover = list(self._inflight) + list(self._pending)
-            self._pending.clear()
-            self._inflight = []
-        if leftover:
-            if not self._degraded:
-                self.stats.fallback_reason = self.stats.fallback_reason or (
-                    f"not delivered within the flush timeout ({timeout:g} s)"
-                )
-            self._to_spool(leftover)
+            self._thread.join(max(0.0, timeout))
+        # Holding _spool_lock: the sender is not half-way through writing to the queue, and
+        # a late publish() waits until the leftovers are written before its own message.
+        with self._spool_lock:
+            with self._cond:
+                self._abandon = True
+                self._abandoned.set()
+                leftover = list(self._inflight) + list(self._pending)
+                self._pending.clear()
+                self._inflight = []
+                spill, self._spill = self._spill, None
+            late = bool(leftover) or (spill is not None and spill.waiting > 0)
+            if late and not self._degraded and not self.stats.fallback_reason:
+                reason = f"not delivered within the flush timeout ({timeout:g} s)"
+                self.stats.fallback_reason = reason
+                self._note(f"{reason}; queued the rest of this run offline")
+            self._spool_locked(leftover)
+            if spill is not None:
+                try:
+                    while spill.waiting:
+                        self._spool_locked(spill.take(SPILL_CHUNK))
+                except Exception as exc:
+                    self.stats.lost += spill.waiting
+                    self._note(f"cannot read back spilled messages: {exc}")
+                spill.close()
+        if self._started and self._thread.is_alive():
+            self._thread.join(ABANDON_GRACE)
+        hanging = self._started and self._thread.is_alive()
         if self.journal is not None:
             self.journal.close(remove=self.stats.lost == 0)
         for transport in {id(t): t for t in (self.transport, self.spool, *self.taps)}.values():
+            if hanging and transport is self.transport:
+                # The sender is still inside its send; closing a client under a running
+                # call is not safe (pika is not thread-safe).  It dies with the process.
+                continue
             try:
                 transport.close()
             except Exception as exc:  # closing must never fail the session
@@ -171,15 +332,42 @@ class Publisher:
         with contextlib.suppress(Exception):
             self._warn(message)
 
+    def _waiting(self) -> bool:
+        return bool(self._pending) or (self._spill is not None and self._spill.waiting > 0)
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._closing:
+                while not self._waiting() and not self._closing:
                     self._cond.wait()
-                if self._abandon or (not self._pending and self._closing):
+                if self._abandon or not self._waiting():
                     return
-                items = list(self._pending)
-                self._pending.clear()
+                closing = self._closing
+            if not closing and self.linger:
+                # Let a few messages gather: fewer wake-ups fighting the tests for the GIL,
+                # and a fast test's live message is dropped before it is ever sent.
+                self._abandoned.wait(self.linger)
+            with self._cond:
+                if self._abandon:
+                    return
+                if self._pending:
+                    items = list(self._pending)
+                    self._pending.clear()
+                elif self._spill is not None:
+                    try:
+                        items = self._spill.take(SPILL_CHUNK)
+                    except Exception as exc:
+                        # Unreadable spill file: the journal still holds these messages.
+                        self.stats.lost += self._spill.waiting
+                        self._acking = False
+                        self._note(f"cannot read back spilled messages: {exc}")
+                        self._spill.close()
+                        self._spill = None
+                        continue
+                    # Everything before the first spilled message is settled now.
+                    self._degraded = True
+                else:  # pragma: no cover - _waiting() said there was something
+                    continue
                 self._inflight = items
             try:
                 self._process(items)
@@ -187,10 +375,10 @@ class Publisher:
                 self._degrade(f"unexpected error: {type(exc).__name__}: {exc}")
                 with self._cond:
                     rest = list(self._inflight)
-                    self._inflight = []
-                self._to_spool(rest)
+                self._spool_from_sender(rest)
             with self._cond:
-                self._inflight = []
+                if not self._abandon:
+                    self._inflight = []
 
     def _process(self, items: list[_Item]) -> None:
         finished = {
@@ -205,23 +393,22 @@ class Publisher:
                 self.stats.superseded += 1
                 continue
             kept.append(item)
-        if not kept:
-            self._ack(items[-1].seq)
-            return
+        with self._cond:
+            if self._abandon:
+                return
+            self._inflight = list(kept)
         for group in self._groups(kept):
             if self._abandon:
                 return
             if self._degraded:
-                self._to_spool(group)
+                self._spool_from_sender(group)
             else:
                 self._deliver(group)
-            with self._cond:
-                done = {id(i) for i in group}
-                self._inflight = [i for i in self._inflight if id(i) not in done]
+            self._ack(group[-1].seq)
         self._ack(items[-1].seq)
 
     def _groups(self, items: list[_Item]) -> list[list[_Item]]:
-        """Split into send groups: regr-start alone, job-finish runs up to batch_size."""
+        """Split into send groups: regr-start alone, the rest in runs of GROUP_ITEMS."""
         groups: list[list[_Item]] = []
         current: list[_Item] = []
         for item in items:
@@ -232,7 +419,7 @@ class Publisher:
                 current = []
                 continue
             current.append(item)
-            if len(current) >= max(self.batch_size, 64):
+            if len(current) >= GROUP_ITEMS:
                 groups.append(current)
                 current = []
         if current:
@@ -245,11 +432,9 @@ class Publisher:
         run: list[_Item] = []
 
         def flush_run() -> None:
-            if not run:
-                return
             if len(run) == 1:
                 wire.append((run[0].envelope, list(run)))
-            else:
+            elif run:
                 body = [item.envelope.body for item in run]
                 batch = Envelope(
                     type="batch-job-finish", regression=run[0].envelope.regression, body=body
@@ -259,21 +444,22 @@ class Publisher:
 
         for item in group:
             env = item.envelope
-            if (
-                self.batch_size > 1
-                and env.type == "job-finish"
-                and (not run or run[0].envelope.regression == env.regression)
-                and len(run) < self.batch_size
-            ):
+            if self.batch_size > 1 and env.type == "job-finish" and isinstance(env.body, dict):
+                if run and (
+                    run[0].envelope.regression != env.regression or len(run) >= self.batch_size
+                ):
+                    flush_run()
                 run.append(item)
                 continue
             flush_run()
-            if self.batch_size > 1 and env.type == "job-finish":
-                run.append(item)
-            else:
-                wire.append((env, [item]))
+            wire.append((env, [item]))
         flush_run()
         return wire
+
+    def _reason(self, exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        # The transports already name themselves in their errors.
+        return text if text.startswith(self.transport.name) else f"{self.transport.name}: {text}"
 
     def _deliver(self, group: list[_Item]) -> None:
         wire = self._wire(group)
@@ -282,39 +468,62 @@ class Publisher:
         while wire:
             if self._abandon:
                 return
+            with contextlib.suppress(Exception):
+                # A transport that fails before it touches ``delivered`` must not be
+                # credited with the previous send's count.
+                self.transport.delivered = 0
             try:
                 self.transport.send([env for env, _ in wire])
             except TransientError as exc:
-                wire = self._count_partial(wire)
+                wire = self._settle_partial(wire)
+                if not wire:
+                    return
                 attempt += 1
-                delay = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
-                if self._closing and self._abandon:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._give_up(self._reason(exc), wire)
                     return
-                if time.monotonic() + delay > deadline:
-                    self._degrade(f"{self.transport.name}: {exc}")
-                    self._to_spool([item for _, items in wire for item in items])
+                delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * (0.5 + random.random())
+                if self._abandoned.wait(min(delay, left)):
                     return
-                time.sleep(delay)
                 continue
             except PermanentError as exc:
-                wire = self._count_partial(wire)
-                self._degrade(f"{self.transport.name}: {exc}")
-                self._to_spool([item for _, items in wire for item in items])
+                wire = self._settle_partial(wire)
+                self._give_up(self._reason(exc), wire)
                 return
             except Exception as exc:
-                wire = self._count_partial(wire)
-                self._degrade(f"{self.transport.name}: {type(exc).__name__}: {exc}")
-                self._to_spool([item for _, items in wire for item in items])
+                # Not a PublishError: ``delivered`` cannot be trusted.  Queue the whole
+                # batch; a message both at the broker and in the queue is sent twice,
+                # which beats never.
+                self._give_up(f"{self.transport.name}: {type(exc).__name__}: {exc}", wire)
                 return
-            self.stats.delivered += sum(len(items) for _, items in wire)
+            self._settle_delivered([item for _, items in wire for item in items])
             return
 
-    def _count_partial(
+    def _settle_partial(
         self, wire: list[tuple[Envelope, list[_Item]]]
     ) -> list[tuple[Envelope, list[_Item]]]:
-        done = max(0, min(self.transport.delivered, len(wire)))
-        self.stats.delivered += sum(len(items) for _, items in wire[:done])
+        """Count the envelopes the failed send delivered; the rest of *wire*."""
+        try:
+            done = max(0, min(int(self.transport.delivered), len(wire)))
+        except Exception:
+            done = 0
+        self._settle_delivered([item for _, items in wire[:done] for item in items])
         return wire[done:]
+
+    def _settle_delivered(self, items: list[_Item]) -> None:
+        if not items:
+            return
+        with self._cond:
+            if self._abandon:
+                return  # close() queued them already
+            self.stats.delivered += len(items)
+            done = {id(i) for i in items}
+            self._inflight = [i for i in self._inflight if id(i) not in done]
+
+    def _give_up(self, reason: str, wire: list[tuple[Envelope, list[_Item]]]) -> None:
+        self._degrade(reason)
+        self._spool_from_sender([item for _, items in wire for item in items])
 
     def _degrade(self, reason: str) -> None:
         if not self._degraded:
@@ -322,21 +531,44 @@ class Publisher:
             self.stats.fallback_reason = reason
             self._note(f"{reason}; queueing the rest of this run offline")
 
-    def _to_spool(self, items: list[_Item]) -> None:
+    def _spool_from_sender(self, items: list[_Item]) -> None:
         if not items:
             return
         with self._spool_lock:
-            try:
-                self.spool.send([item.envelope for item in items])
-            except PublishError as exc:
-                written = max(0, min(self.spool.delivered, len(items)))
-                self.stats.queued += written
-                self.stats.lost += len(items) - written
-                self._note(f"{self.spool.name}: {exc}")
-                return
-            self.stats.queued += len(items)
+            if self._abandon:
+                return  # close() queued them already
+            self._spool_locked(items)
+            with self._cond:
+                done = {id(i) for i in items}
+                self._inflight = [i for i in self._inflight if id(i) not in done]
+
+    def _write_spool(self, items: list[_Item]) -> None:
+        with self._spool_lock:
+            self._spool_locked(items)
+
+    def _spool_locked(self, items: list[_Item]) -> None:
+        """Write *items* to the offline queue; the caller holds ``_spool_lock``."""
+        if not items:
+            return
+        with contextlib.suppress(Exception):
+            self.spool.delivered = 0
+        try:
+            self.spool.send([item.envelope for item in items])
+        except Exception as exc:
+            written = 0
+            if isinstance(exc, PublishError):
+                with contextlib.suppress(Exception):
+                    written = max(0, min(int(self.spool.delivered), len(items)))
+            self.stats.queued += written
+            self.stats.lost += len(items) - written
+            self._acking = False
+            detail = str(exc) if isinstance(exc, PublishError) else f"{type(exc).__name__}: {exc}"
+            self._note(f"{detail}; {len(items) - written} messages not queued")
+            return
+        self.stats.queued += len(items)
 
     def _ack(self, seq: int) -> None:
-        if self.journal is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self.journal.ack(seq)
+        journal = self.journal
+        if journal is not None and self._acking and not self._abandon:
+            with contextlib.suppress(Exception):
+                journal.ack(seq)
