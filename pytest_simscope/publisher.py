@@ -58,6 +58,9 @@ GROUP_ITEMS = 512
 SPILL_CHUNK = 1000
 # Retry delays: first about BACKOFF_BASE * 2 seconds, doubling, at most BACKOFF_CAP, each
 # scaled by a random factor in [0.5, 1.5) so many runs hit by one outage do not retry in step.
+# After the tests are over, how long transient failures are still retried (within the
+# flush timeout) before the rest goes to the offline queue.
+CLOSE_RETRY_GRACE = 3.0
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.0
 # After the flush deadline, how long ``close`` still waits for the sender to notice before
@@ -210,6 +213,8 @@ class Publisher:
         self._closed = False
         self._abandon = False
         self._abandoned = threading.Event()  # wakes the sender from a retry delay
+        self._close_requested = threading.Event()  # ends a retry delay: the session is over
+        self._close_at: float | None = None
         self._degraded = transport is spool
         # Journal acks stop at the first message that could not be queued, so the journal
         # keeps it (and what follows) for the next run to recover.
@@ -283,6 +288,8 @@ class Publisher:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
+        self._close_at = time.monotonic()
+        self._close_requested.set()
         if self._started:
             self._thread.join(max(0.0, timeout))
         # Holding _spool_lock: the sender is not half-way through writing to the queue, and
@@ -480,11 +487,19 @@ class Publisher:
                     return
                 attempt += 1
                 left = deadline - time.monotonic()
+                if self._close_at is not None:
+                    # Once the tests are over, a failing destination gets only a short
+                    # grace: the user would see every further retry as a slower run.
+                    left = min(left, self._close_at + CLOSE_RETRY_GRACE - time.monotonic())
                 if left <= 0:
                     self._give_up(self._reason(exc), wire)
                     return
                 delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * (0.5 + random.random())
-                if self._abandoned.wait(min(delay, left)):
+                if self._close_at is None:
+                    self._close_requested.wait(min(delay, left))
+                else:
+                    self._abandoned.wait(min(delay, left))
+                if self._abandon:
                     return
                 continue
             except PermanentError as exc:

@@ -22,7 +22,7 @@ from pytest_simscope import publisher as publisher_module
 from pytest_simscope.errors import PermanentError, TransientError
 from pytest_simscope.journal import Journal, recover
 from pytest_simscope.models import Envelope
-from pytest_simscope.publisher import Publisher, PublishStats
+from pytest_simscope.publisher import CLOSE_RETRY_GRACE, Publisher, PublishStats
 from pytest_simscope.transports.base import Transport
 from pytest_simscope.transports.queue import OfflineQueue, read_outbox
 
@@ -340,6 +340,10 @@ def test_retries_back_off_with_jitter() -> None:
     publisher = make(transport)
     publisher.publish(finish("a"))
     publisher.start()
+    # Backoff applies while the tests run; close() cuts a pending delay short.
+    deadline = time.monotonic() + 10
+    while len(stamps) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
     publisher.close(10)
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     assert len(gaps) == 4
@@ -943,3 +947,18 @@ def _no_leftover_threads() -> Iterator[None]:
             return
         time.sleep(0.01)
     raise AssertionError(f"publisher threads still running: {extra}")
+
+
+def test_a_destination_failing_at_session_end_gets_only_a_short_grace() -> None:
+    error = TransientError("fake://broker: down")
+    transport, spool = FakeTransport([error] * 1000), ListSpool()
+    publisher = make(transport, spool)
+    publisher.retry_budget = 60.0
+    publisher.start()
+    stream = run_of(3, lives=False)
+    publish_all(publisher, stream)
+    started = time.monotonic()
+    stats = publisher.close(30)
+    assert time.monotonic() - started < CLOSE_RETRY_GRACE + 1.5
+    assert [item for item in spool.got] == stream
+    assert (stats.delivered, stats.queued) == (0, len(stream))
