@@ -357,13 +357,6 @@ def test_build_and_install(tmp_path: Path) -> None:
 # --- credentials as the README's first version put them --------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in pytest_simscope/transports/network.py with_credentials: a URL that names "
-    "a user but no password is returned unchanged, so SIMSCOPE_PASSWORD is never added; pika "
-    "then refuses the URL ('bad AMQP URL ...: argument of type NoneType is not iterable') "
-    "and HTTP gets a 401, and the run falls back to the offline queue",
-)
 def test_password_from_the_environment_joins_a_user_in_the_url() -> None:
     from pytest_simscope.transports.network import with_credentials
 

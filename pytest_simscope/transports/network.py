@@ -100,8 +100,12 @@ def with_credentials(url: str, username: str | None, password: str | None) -> st
     if not (username or password) or url.startswith("tunnel:"):
         return url
     parts = urlsplit(url)
-    if parts.username or parts.password or not parts.hostname:
-        return url
-    user = quote(username or "", safe="")
+    if parts.password or not parts.hostname:
+        return url  # the URL's own credentials win
+    host = parts.netloc.rpartition("@")[2]
+    if parts.username:
+        user = parts.netloc.rpartition("@")[0]  # as written, already quoted
+    else:
+        user = quote(username or "", safe="")
     secret = f":{quote(password, safe='')}" if password else ""
-    return urlunsplit(parts._replace(netloc=f"{user}{secret}@{parts.netloc}"))
+    return urlunsplit(parts._replace(netloc=f"{user}{secret}@{host}"))
