@@ -103,9 +103,7 @@ def with_credentials(url: str, username: str | None, password: str | None) -> st
     if parts.password or not parts.hostname:
         return url  # the URL's own credentials win
     host = parts.netloc.rpartition("@")[2]
-    if parts.username:
-        user = parts.netloc.rpartition("@")[0]  # as written, already quoted
-    else:
-        user = quote(username or "", safe="")
+    # A user written in the URL is kept as written (already quoted).
+    user = parts.netloc.rpartition("@")[0] if parts.username else quote(username or "", safe="")
     secret = f":{quote(password, safe='')}" if password else ""
     return urlunsplit(parts._replace(netloc=f"{user}{secret}@{host}"))
