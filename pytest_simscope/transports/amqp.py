@@ -30,7 +30,7 @@ from pika.adapters.select_connection import IOLoop
 from pytest_simscope.errors import PermanentError, PublishError, SettingsError, TransientError
 from pytest_simscope.models import Envelope
 from pytest_simscope.redact import mask_url, redact
-from pytest_simscope.transports.base import Transport
+from pytest_simscope.transports.base import Transport, unroutable_message
 
 # Messages published but not yet confirmed.  Large enough that the broker's acks arrive
 # in big ``multiple`` batches, small enough to stop soon after a failure and to bound
@@ -301,15 +301,7 @@ class AmqpTransport(Transport):
         return self._failure is not None or confirms.returns > 0 or confirms.nacked > 0
 
     def _unroutable(self) -> str:
-        if self.exchange:
-            return (
-                f"message unroutable: exchange {self.exchange!r} routes key"
-                f" {self.routing_key!r} to no queue"
-            )
-        return (
-            f"message unroutable: queue {self.routing_key!r} does not exist on virtual host"
-            f" {self.vhost!r}"
-        )
+        return unroutable_message(self.exchange, self.routing_key, self.vhost)
 
     # -- the connection ------------------------------------------------------------------
 

@@ -46,3 +46,10 @@ class Transport:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def unroutable_message(exchange: str, routing_key: str | None, vhost: str | None) -> str:
+    """What a broker's refusal to route a message means, for AMQP and HTTP alike."""
+    if exchange:
+        return f"message unroutable: exchange {exchange!r} routes key {routing_key!r} to no queue"
+    return f"message unroutable: queue {routing_key!r} does not exist on virtual host {vhost!r}"

@@ -21,7 +21,7 @@ from pytest_simscope import __version__
 from pytest_simscope.errors import PermanentError, PublishError, SettingsError, TransientError
 from pytest_simscope.models import Envelope
 from pytest_simscope.redact import mask_url, redact
-from pytest_simscope.transports.base import Transport
+from pytest_simscope.transports.base import Transport, unroutable_message
 
 # The management API's name for the nameless default exchange.
 DEFAULT_EXCHANGE = "amq.default"
@@ -175,15 +175,7 @@ class HttpTransport(Transport):
         raise PermanentError(f"{self.name}: HTTP {status}: {reason}")
 
     def _unroutable(self) -> str:
-        if self.exchange:
-            return (
-                f"message unroutable: exchange {self.exchange!r} routes key"
-                f" {self.routing_key!r} to no queue"
-            )
-        return (
-            f"message unroutable: queue {self.routing_key!r} does not exist on virtual host"
-            f" {self.vhost!r}"
-        )
+        return unroutable_message(self.exchange, self.routing_key, self.vhost)
 
     def _excerpt(self, response: httpx.Response) -> str:
         """The broker's reason for an error answer, on one short line."""
