@@ -37,6 +37,7 @@ from pytest_simscope.transports.record import Recorder
 resolved_key = pytest.StashKey[Resolved]()
 plugin_key = pytest.StashKey["SimscopePlugin"]()
 metadata_key = pytest.StashKey[list[tuple[str, str]]]()
+marker_key = pytest.StashKey[dict[str, Any]]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -213,12 +214,17 @@ def _marker_data(item: pytest.Item) -> dict[str, Any]:
 def attach_data(item: pytest.Item, report: pytest.TestReport) -> None:
     """Put what the publisher needs on the report, JSON-safe so xdist carries it."""
     data: dict[str, Any] = {}
-    if report.when == "setup":
-        data = _marker_data(item)
-        data.pop("metadata", None)
-    elif report.when == "teardown":
+    if report.when == "call":
+        return
+    # Markers are read once per test: setup and teardown both need them.
+    marker = item.stash.get(marker_key, None)
+    if marker is None:
         marker = _marker_data(item)
-        data = {"metadata": marker.get("metadata", [])}
+        item.stash[marker_key] = marker
+    if report.when == "setup":
+        data = {k: v for k, v in marker.items() if k != "metadata"}
+    elif report.when == "teardown":
+        data = {"metadata": list(marker.get("metadata", []))}
         added = item.stash.get(metadata_key, None)
         if added:
             data["metadata"] = data["metadata"] + [list(p) for p in added]
