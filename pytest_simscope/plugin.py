@@ -284,10 +284,12 @@ class SimscopePlugin(WorkerSide):
         return f"offline queue {self._rel(self.queue_root / 'outbox')}"
 
     def _rel(self, path: Path) -> str:
+        """*path* relative to where pytest was started when it is below it, else whole."""
         try:
-            return os.path.relpath(path, self.config.invocation_params.dir)
+            relative = os.path.relpath(path, self.config.invocation_params.dir)
         except ValueError:
             return str(path)
+        return str(path) if relative.startswith("..") else relative
 
     def _warn(self, message: str) -> None:
         # Collected by the publisher and shown in the summary; nothing printed mid-run so
@@ -512,26 +514,27 @@ class SimscopePlugin(WorkerSide):
         if stats is None or self.reporter is None:
             return []
         results = self.reporter.results
-        jobs = sum(results.values())
+        total = sum(results.values())
+        jobs = f"{total} job" if total == 1 else f"{total} jobs"
         counts = f"{results['pass']} pass, {results['fail']} fail, {results['skip']} skip"
         outbox = self._rel(self.queue_root / "outbox")
         queue_arg = self._rel(self.queue_root)
         if not self.settings.url:
             line = (
-                f"simscope: {jobs} jobs ({counts}) of {self.settings.regression} queued in "
+                f"simscope: {jobs} ({counts}) of {self.settings.regression} queued in "
                 f"{outbox} ({stats.queued} messages); deliver with: "
                 f"pytest-simscope drain {queue_arg} --url URL"
             )
         elif stats.queued or stats.lost:
             line = (
-                f"simscope: {jobs} jobs ({counts}) of {self.settings.regression}: "
+                f"simscope: {jobs} ({counts}) of {self.settings.regression}: "
                 f"{stats.delivered} messages delivered to {self.destination}, {stats.queued} "
                 f"queued in {outbox}; deliver with: pytest-simscope drain {queue_arg} "
                 f"--url {mask_url(self.settings.url)}"
             )
         else:
             line = (
-                f"simscope: {jobs} jobs ({counts}) of {self.settings.regression} published: "
+                f"simscope: {jobs} ({counts}) of {self.settings.regression} published: "
                 f"{stats.delivered} messages delivered to {self.destination}"
             )
         lines = [line]
