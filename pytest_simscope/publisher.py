@@ -58,9 +58,6 @@ GROUP_ITEMS = 512
 SPILL_CHUNK = 1000
 # Retry delays: first about BACKOFF_BASE * 2 seconds, doubling, at most BACKOFF_CAP, each
 # scaled by a random factor in [0.5, 1.5) so many runs hit by one outage do not retry in step.
-# After the tests are over, how long transient failures are still retried (within the
-# flush timeout) before the rest goes to the offline queue.
-CLOSE_RETRY_GRACE = 3.0
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.0
 # After the flush deadline, how long ``close`` still waits for the sender to notice before
@@ -215,6 +212,8 @@ class Publisher:
         self._abandoned = threading.Event()  # wakes the sender from a retry delay
         self._close_requested = threading.Event()  # ends a retry delay: the session is over
         self._close_at: float | None = None
+        self._failures = 0
+        self._last_error = ""
         self._degraded = transport is spool
         # Journal acks stop at the first message that could not be queued, so the journal
         # keeps it (and what follows) for the next run to recover.
@@ -291,7 +290,15 @@ class Publisher:
         self._close_at = time.monotonic()
         self._close_requested.set()
         if self._started:
-            self._thread.join(max(0.0, timeout))
+            # Wait for the flush, but not for a destination that never took a message
+            # and is failing: it is down or misconfigured, and waiting would only make
+            # every run slower (a connect to a silent host can take the whole timeout).
+            deadline = time.monotonic() + max(0.0, timeout)
+            while self._thread.is_alive() and not self._unreachable():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._thread.join(min(left, 0.05))
         # Holding _spool_lock: the sender is not half-way through writing to the queue, and
         # a late publish() waits until the leftovers are written before its own message.
         with self._spool_lock:
@@ -304,9 +311,12 @@ class Publisher:
                 spill, self._spill = self._spill, None
             late = bool(leftover) or (spill is not None and spill.waiting > 0)
             if late and not self._degraded and not self.stats.fallback_reason:
-                reason = f"not delivered within the flush timeout ({timeout:g} s)"
-                self.stats.fallback_reason = reason
-                self._note(f"{reason}; queued the rest of this run offline")
+                if self._unreachable() and self._last_error:
+                    self._degrade(self._last_error)
+                else:
+                    reason = f"not delivered within the flush timeout ({timeout:g} s)"
+                    self.stats.fallback_reason = reason
+                    self._note(f"{reason}; queued the rest of this run offline")
             self._spool_locked(leftover)
             if spill is not None:
                 try:
@@ -487,10 +497,10 @@ class Publisher:
                     return
                 attempt += 1
                 left = deadline - time.monotonic()
-                if self._close_at is not None:
-                    # Once the tests are over, a failing destination gets only a short
-                    # grace: the user would see every further retry as a slower run.
-                    left = min(left, self._close_at + CLOSE_RETRY_GRACE - time.monotonic())
+                self._failures += 1
+                self._last_error = self._reason(exc)
+                if self._unreachable():
+                    left = 0.0
                 if left <= 0:
                     self._give_up(self._reason(exc), wire)
                     return
@@ -514,6 +524,10 @@ class Publisher:
                 return
             self._settle_delivered([item for _, items in wire for item in items])
             return
+
+    def _unreachable(self) -> bool:
+        """The tests are over and the destination failed without ever taking a message."""
+        return self._close_at is not None and self._failures > 0 and self.stats.delivered == 0
 
     def _settle_partial(
         self, wire: list[tuple[Envelope, list[_Item]]]

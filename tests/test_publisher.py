@@ -22,7 +22,7 @@ from pytest_simscope import publisher as publisher_module
 from pytest_simscope.errors import PermanentError, TransientError
 from pytest_simscope.journal import Journal, recover
 from pytest_simscope.models import Envelope
-from pytest_simscope.publisher import CLOSE_RETRY_GRACE, Publisher, PublishStats
+from pytest_simscope.publisher import Publisher, PublishStats
 from pytest_simscope.transports.base import Transport
 from pytest_simscope.transports.queue import OfflineQueue, read_outbox
 
@@ -304,6 +304,9 @@ def test_jobs_wait_until_regr_start_is_confirmed() -> None:
     stream = run_of(3, lives=False)
     publish_all(publisher, stream)
     publisher.start()
+    deadline = time.monotonic() + 10
+    while len(expand(transport.got)) < len(stream) and time.monotonic() < deadline:
+        time.sleep(0.01)
     stats = publisher.close(5)
     assert transport.batches[:3] == [[start()], [start()], [start()]]
     assert expand(transport.got) == stream
@@ -320,6 +323,11 @@ def test_transient_failures_are_retried_then_delivered() -> None:
     publisher.start()
     stream = run_of(10, lives=False)
     publish_all(publisher, stream)
+    # Retries happen while the tests run; at session end a destination that never took a
+    # message is not waited for (see the next test), so let the retries succeed first.
+    deadline = time.monotonic() + 10
+    while len(expand(transport.got)) < len(stream) and time.monotonic() < deadline:
+        time.sleep(0.01)
     stats = publisher.close(10)
     assert len(transport.batches) >= 4
     assert expand(transport.got) == stream
@@ -949,7 +957,7 @@ def _no_leftover_threads() -> Iterator[None]:
     raise AssertionError(f"publisher threads still running: {extra}")
 
 
-def test_a_destination_failing_at_session_end_gets_only_a_short_grace() -> None:
+def test_a_destination_that_never_worked_is_not_waited_for_at_session_end() -> None:
     error = TransientError("fake://broker: down")
     transport, spool = FakeTransport([error] * 1000), ListSpool()
     publisher = make(transport, spool)
@@ -959,6 +967,6 @@ def test_a_destination_failing_at_session_end_gets_only_a_short_grace() -> None:
     publish_all(publisher, stream)
     started = time.monotonic()
     stats = publisher.close(30)
-    assert time.monotonic() - started < CLOSE_RETRY_GRACE + 1.5
+    assert time.monotonic() - started < 1.5
     assert [item for item in spool.got] == stream
     assert (stats.delivered, stats.queued) == (0, len(stream))
