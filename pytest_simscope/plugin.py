@@ -225,6 +225,7 @@ def attach_data(item: pytest.Item, report: pytest.TestReport) -> None:
         data = {k: v for k, v in marker.items() if k != "metadata"}
     elif report.when == "teardown":
         data = {"metadata": list(marker.get("metadata", []))}
+        del item.stash[marker_key]  # the test is over: keep nothing per item
         added = item.stash.get(metadata_key, None)
         if added:
             data["metadata"] = data["metadata"] + [list(p) for p in added]
