@@ -33,6 +33,7 @@ from pytest_simscope.models import (
     MessageType,
     Regression,
     _clean_str,
+    local_time,
     metadata_pairs,
     rfc3339,
 )
@@ -178,7 +179,7 @@ class SimscopeReporter:
         custom = list(self.resolved.ci.metadata) + list(s.regression_metadata)
         argv = ["pytest", *self.config.invocation_params.args]
         body = self._regression(
-            starttime=rfc3339(self._clock_free_now()),
+            starttime=rfc3339(local_time(self.start_epoch)),
             pending=True,
             host=self.host,
             dir=str(self.config.invocation_params.dir),
@@ -196,11 +197,6 @@ class SimscopeReporter:
             custom_metadata=custom or None,
         )
         self._send("regr-start", body)
-
-    def _clock_free_now(self) -> Any:
-        from pytest_simscope.models import local_time
-
-        return local_time(self.start_epoch)
 
     def set_submitted(self, count: int) -> None:
         """The number of jobs this run will publish is known (after collection)."""
@@ -409,7 +405,7 @@ class SimscopeReporter:
             stop = job.stop_epoch or time.time()
             body["runtime_ms"] = max(compute, round((stop - job.start_epoch) * 1000))
         stop = job.stop_epoch or time.time()
-        body["finish_time"] = rfc3339(_aware(max(stop, job.start_epoch)))
+        body["finish_time"] = rfc3339(local_time(max(stop, job.start_epoch)))
         message = ""
         if result == "fail":
             message = self._failure_text(job, why)
@@ -577,9 +573,3 @@ class SimscopeReporter:
 def _digest(text: str) -> str:
     # hash() of a str changes with every process (PYTHONHASHSEED): jobdir names must not.
     return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
-
-
-def _aware(epoch: float) -> Any:
-    from pytest_simscope.models import local_time
-
-    return local_time(epoch)
