@@ -46,7 +46,14 @@ def _escape_char(ch: str, *, colon: bool) -> str:
     return ch
 
 
+# Anything _escape_char would change; most ids hold none of it, so they skip the loop.
+_NEEDS_ESCAPE = re.compile("[%@#~\ud800-\udfff]")
+_NEEDS_ESCAPE_COLON = re.compile("[%@#~:\ud800-\udfff]")
+
+
 def _escape(text: str, *, colon: bool = False) -> str:
+    if not (_NEEDS_ESCAPE_COLON if colon else _NEEDS_ESCAPE).search(text):
+        return text
     return "".join(_escape_char(ch, colon=colon) for ch in text)
 
 
