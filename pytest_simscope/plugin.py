@@ -267,7 +267,9 @@ class SimscopePlugin(WorkerSide):
         self._got_sigterm = False
         self._heartbeat_stop: Any = None
         self.recovered = 0
-        self._secrets = [s for s in (self.settings.password,) if s]
+        self._secrets = self._secret_values()
+        self._early_warnings: list[str] = []
+        self._failure = ""
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -292,13 +294,8 @@ class SimscopePlugin(WorkerSide):
             return str(path)
         return str(path) if relative.startswith("..") else relative
 
-    def _warn(self, message: str) -> None:
-        # Collected by the publisher and shown in the summary; nothing printed mid-run so
-        # the sender thread never writes into pytest's progress output.
-        return None
-
     def _secret_values(self) -> list[str]:
-        secrets = list(self._secrets)
+        secrets = [s for s in (self.settings.password,) if s]
         if self.settings.url:
             with contextlib.suppress(ValueError):
                 password = urlsplit(self.settings.url).password
@@ -307,7 +304,7 @@ class SimscopePlugin(WorkerSide):
         return secrets
 
     def _clean(self, text: str) -> str:
-        return redact(mask_urls(text), self._secret_values())
+        return redact(mask_urls(text), self._secrets)
 
     def _make_transport(self, spool: OfflineQueue) -> Transport:
         s = self.settings
@@ -364,8 +361,9 @@ class SimscopePlugin(WorkerSide):
             journal=journal,
             batch_size=s.batch_size,
             max_pending=s.max_pending,
+            # No warn callback: warnings are collected and shown in the summary, so the
+            # sender thread never writes into pytest's progress output.
             retry_budget=s.retry_budget,
-            warn=self._warn,
         )
         for message in self._early_warnings:
             publisher._note(message)
@@ -382,15 +380,12 @@ class SimscopePlugin(WorkerSide):
             if not ignore.exists():
                 write_atomic(ignore, GITIGNORE_TEXT.encode("utf-8"))
 
-    _early_warnings: list[str]
-
     # -- session -------------------------------------------------------------------------
 
     @pytest.hookimpl
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if not self.active:
             return
-        self._early_warnings = []
         try:
             self.publisher = self._start_publisher()
             seed = None
@@ -406,7 +401,7 @@ class SimscopePlugin(WorkerSide):
                 job_hook=hook if hook.get_hookimpls() else None,
                 seed=seed,
                 dist_each=getattr(self.config.option, "dist", "no") == "each",
-                secrets=self._secret_values(),
+                secrets=self._secrets,
             )
             self.reporter.start()
         except Exception as exc:  # publishing must never stop the tests
@@ -416,8 +411,6 @@ class SimscopePlugin(WorkerSide):
         self._install_sigterm()
         if self.settings.heartbeat > 0:
             self._start_heartbeat(self.settings.heartbeat)
-
-    _failure = ""
 
     def _guard(self, what: str, func: Any, *args: Any) -> None:
         if self.reporter is None:
@@ -445,24 +438,8 @@ class SimscopePlugin(WorkerSide):
 
     @pytest.hookimpl
     def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
-        # Under xdist the controller learns a test finished from this hook but not on
-        # which worker; the reporter matches it to the one open job with that node id.
         if self.reporter is not None:
-            self._guard("test finish", self._logfinish, nodeid)
-
-    def _logfinish(self, nodeid: str) -> None:
-        assert self.reporter is not None
-        workers = [k[0] for k in self.reporter._open if k[1] == nodeid]
-        if len(workers) == 1:
-            self.reporter.logfinish(nodeid, workers[0])
-        elif workers:
-            last = [
-                k for k, job in self.reporter._open.items()
-                if k[1] == nodeid and job.last_report is not None
-                and getattr(job.last_report, "when", "") == "teardown"
-            ]
-            for key in last[:1]:
-                self.reporter.logfinish(nodeid, key[0])
+            self._guard("test finish", self.reporter.logfinish, nodeid)
 
     @pytest.hookimpl(trylast=True)  # after other plugins changed the exit status
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:

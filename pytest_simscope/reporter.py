@@ -372,12 +372,22 @@ class SimscopeReporter:
         elif report.passed and when == "call" and wasxfail is not None:
             job.xfail = "xpassed"
 
-    def logfinish(self, nodeid: str, worker: str | None) -> None:
-        key = (worker, nodeid)
-        job = self._open.get(key)
-        if job is not None and job.rerun_pending:
-            return  # pytest-rerunfailures ends each attempt with a logfinish
-        if job is not None:
+    def logfinish(self, nodeid: str) -> None:
+        """A test's reports are all in.
+
+        The hook does not say which xdist worker ran the test: the open job with that node
+        id is the one (under ``--dist each``, the one whose teardown report came last).
+        """
+        keys = [key for key in self._open if key[1] == nodeid]
+        if len(keys) > 1:
+            keys = [
+                key for key in keys
+                if getattr(self._open[key].last_report, "when", "") == "teardown"
+            ][:1]
+        for key in keys:
+            job = self._open[key]
+            if job.rerun_pending:
+                return  # pytest-rerunfailures ends each attempt with a logfinish
             self._finish(key, job)
 
     def _finish(self, key: tuple[str | None, str], job: _Open, *, why: str = "") -> None:
