@@ -182,19 +182,7 @@ class Destination:
         from pytest_simscope.transports.network import NetworkOptions, network_transport
 
         assert self.full_url is not None
-        s = self.settings
-        options = NetworkOptions(
-            queue=s["amqp_queue"],
-            exchange=s["amqp_exchange"],
-            routing_key=s["amqp_routing_key"],
-            vhost=s["http_vhost"],
-            verify=s["tls_verify"],
-            ca_file=s["ca_bundle"],
-            client_cert=s["client_cert"],
-            client_key=s["client_key"],
-            timeout=s["timeout"],
-            tunnel_command=s["tunnel_command"],
-        )
+        options = NetworkOptions.from_settings(self.settings)
         try:
             return network_transport(self.full_url, options)
         except SettingsError as exc:

@@ -312,18 +312,7 @@ class SimscopePlugin(WorkerSide):
             return spool
         from pytest_simscope.transports.network import NetworkOptions, network_transport
 
-        options = NetworkOptions(
-            queue=s.amqp_queue,
-            exchange=s.amqp_exchange,
-            routing_key=s.amqp_routing_key,
-            vhost=s.http_vhost,
-            verify=s.tls_verify,
-            ca_file=s.ca_bundle,
-            client_cert=s.client_cert,
-            client_key=s.client_key,
-            timeout=s.timeout,
-            tunnel_command=s.tunnel_command,
-        )
+        options = NetworkOptions.from_settings(s.model_dump())
         url = with_credentials(s.url, s.username, s.password)
         return network_transport(url, options)
 

@@ -8,7 +8,9 @@ kind uses the ones that make sense for it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pytest_simscope.errors import SettingsError
@@ -40,6 +42,22 @@ class NetworkOptions:
     timeout: float = 10.0
     tunnel_command: str = DEFAULT_COMMAND
     tunnel_timeout: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> NetworkOptions:
+        """The options named by the plugin's settings (``amqp_queue``, ``ca_bundle``, ...)."""
+        return cls(
+            queue=settings["amqp_queue"],
+            exchange=settings["amqp_exchange"],
+            routing_key=settings["amqp_routing_key"],
+            vhost=settings["http_vhost"],
+            verify=settings["tls_verify"],
+            ca_file=settings["ca_bundle"],
+            client_cert=settings["client_cert"],
+            client_key=settings["client_key"],
+            timeout=settings["timeout"],
+            tunnel_command=settings["tunnel_command"],
+        )
 
 
 def network_transport(url: str, options: NetworkOptions) -> Transport:
