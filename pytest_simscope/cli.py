@@ -714,7 +714,7 @@ def cmd_regression(args: argparse.Namespace) -> int:
         body = Regression(name=name, **fields).body()
     except ValueError as exc:
         raise UsageProblem(str(exc).splitlines()[0]) from None
-    envelope = Envelope.model_validate({"type": kind, "regression": name, "body": body})
+    envelope = Envelope(kind, name, body)
     queue_dir = Path(settings["queue_dir"] or DEFAULT_QUEUE_DIR).expanduser()
 
     def to_queue(why: str) -> int:

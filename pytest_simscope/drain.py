@@ -43,11 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from pydantic import ValidationError
-
 from pytest_simscope.errors import PermanentError, PublishError, TransientError
 from pytest_simscope.journal import orphaned_messages, recover
-from pytest_simscope.models import Envelope
+from pytest_simscope.messages import Envelope
 from pytest_simscope.transports.base import Transport
 from pytest_simscope.transports.queue import (
     ARCHIVE,
@@ -191,14 +189,12 @@ def _validate(folder: str, data: Any, signature: tuple[int, int, int]) -> Entry 
             return f"{where}: seq {seq} appears twice"
         seen.add(seq)
         try:
-            envelope = Envelope.model_validate(
+            envelope = Envelope.from_record(
                 {"type": raw.get("type"), "regression": raw.get("regression"),
                  "body": raw.get("body")}
             )
-        except ValidationError as exc:
-            error = exc.errors(include_url=False)[0]
-            loc = ".".join(str(part) for part in error["loc"])
-            return f"{where}: '{loc}': {error['msg']}"
+        except ValueError as exc:
+            return f"{where}: {exc}"
         if not envelope.regression.strip():
             return f"{where}: 'regression' is empty"
         entry.messages.append(Message(entry, seq, envelope))
@@ -373,8 +369,7 @@ def wire(messages: Sequence[Message], batch_size: int) -> list[tuple[Envelope, l
         elif run:
             body = [m.envelope.body for m in run if isinstance(m.envelope.body, dict)]
             out.append(
-                (Envelope.model_construct(type="batch-job-finish",
-                                          regression=run[0].envelope.regression, body=body),
+                (Envelope("batch-job-finish", run[0].envelope.regression, body),
                  list(run))
             )
         run.clear()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_simscope.models import _clean_str
+from pytest_simscope.messages import _clean_str
 
 SUMMARY_LIMIT = 300
 _MARK = "\n[... {cut} characters cut by pytest-simscope ...]\n"

@@ -28,6 +28,8 @@ import hashlib
 import re
 import threading
 import unicodedata
+from array import array
+from bisect import bisect_left
 
 MAX_UNIQUEID = 240
 _ID_KEEP = 200
@@ -102,29 +104,42 @@ class StartClock:
 
     Times are whole microseconds since the epoch; a time already handed out is moved on to
     the next free microsecond, so no two jobs share one even when they start together.
-    The times are aware and in local time, or in UTC where the local offset is not a whole
-    number of minutes (historic zones), since an RFC 3339 offset cannot carry seconds.
+    Every claim is kept, exactly, in a sorted array of 8-byte integers: claims arrive
+    nearly in order, so the usual claim is one comparison and an append, and a late one
+    (an xdist report overtaken by another worker's) is a search near the end.
     """
 
     def __init__(self) -> None:
-        # A claimed microsecond -> a later one that may be free (path-compressed chains),
-        # so thousands of claims of one instant stay fast.
-        self._next: dict[int, int] = {}
+        self._claimed = array("q")
+        self._last = -(1 << 62)
         self._lock = threading.Lock()
 
-    def _free(self, micros: int) -> int:
-        path = []
-        while micros in self._next:
-            path.append(micros)
-            micros = self._next[micros]
-        for used in path:
-            self._next[used] = micros
-        return micros
+    def claim_micros(self, epoch: float) -> int:
+        """A unique start time in whole microseconds, as near *epoch* as is free."""
+        micros = round(epoch * 1_000_000)
+        with self._lock:
+            if micros > self._last:
+                self._claimed.append(micros)
+                self._last = micros
+                return micros
+            claimed = self._claimed
+            index = bisect_left(claimed, micros)
+            size = len(claimed)
+            # The claimed times from *index* on that follow one another are taken.
+            while index < size and claimed[index] == micros:
+                micros += 1
+                index += 1
+            if index == size:
+                claimed.append(micros)
+                self._last = micros
+            else:
+                claimed.insert(index, micros)
+            return micros
 
     def claim(self, epoch: float) -> dt.datetime:
-        with self._lock:
-            micros = self._free(round(epoch * 1_000_000))
-            self._next[micros] = micros + 1
+        """:meth:`claim_micros` as an aware local datetime (UTC where the local offset is
+        not a whole number of minutes, which RFC 3339 cannot carry)."""
+        micros = self.claim_micros(epoch)
         moment = (_EPOCH + dt.timedelta(microseconds=micros)).astimezone()
         offset = moment.utcoffset()
         if offset is not None and offset % dt.timedelta(minutes=1):

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from pytest_simscope.models import Envelope, dumps
+from pytest_simscope.messages import Envelope, dumps, encode
 
 try:
     import fcntl
@@ -77,6 +77,8 @@ class Journal:
             self._grow(_GROWTH)
         self._acked = 0
         self._closed = False
+        # The encoded '"type":...,"regression":...' part of a line, by type and regression.
+        self._heads: dict[tuple[str, str], bytes] = {}
 
     def _grow(self, size: int) -> None:
         if self._map is not None:
@@ -87,10 +89,15 @@ class Journal:
         self._map = mmap.mmap(self._fd, size)
 
     def append(self, seq: int, envelope: Envelope) -> None:
-        # A lone surrogate is written as its escape rather than stopping the journal.
-        data = (dumps({"seq": seq, **envelope.as_record()}) + "\n").encode(
-            "utf-8", "backslashreplace"
-        )
+        # The body's bytes are the ones that go on the wire: encoded once.
+        head = self._heads.get((envelope.type, envelope.regression))
+        if head is None:
+            head = encode(
+                f',"type":{dumps(envelope.type)},"regression":{dumps(envelope.regression)},'
+                '"body":'
+            )
+            self._heads[(envelope.type, envelope.regression)] = head
+        data = b'{"seq":%d%s%s}\n' % (seq, head, envelope.body_bytes())
         with self._lock:
             if self._closed:
                 return
@@ -165,10 +172,8 @@ def _read_orphan(handle: IO[str], path: Path) -> list[tuple[int, Envelope]]:
             data = json.loads(line)
             seq = int(data["seq"])
             if seq > acked:
-                found.append(
-                    (seq, Envelope(type=data["type"], regression=data["regression"],
-                                   body=data.get("body")))
-                )
+                found.append((seq, Envelope.from_record(
+                    {k: v for k, v in data.items() if k != "seq"})))
         except (ValueError, KeyError, TypeError):
             continue  # not a message line: nothing that can be delivered
     found.sort(key=lambda item: item[0])

@@ -1,87 +1,53 @@
-"""The Simscope messages the plugin publishes, as pydantic models.
+"""The Simscope message bodies, as pydantic models: the schema of what the plugin publishes.
 
 Field names follow the vendor's documentation exactly (``starttime`` on a regression,
 ``start_time`` on a job).  Nothing here imports pytest, so the models can be used by the
 command-line tool and unit-tested alone.
 
-An :class:`Envelope` is what travels through the publisher and the transports: the AMQP
-``type`` property, the regression name (sent as the ``correlation_id``) and the JSON body.
+A pytest run does not import this module unless a ``pytest_simscope_job`` hook needs a
+:class:`Job` to edit: it builds plain dicts (see :mod:`pytest_simscope.messages`, which
+also holds :class:`Envelope`, re-exported here), and the test suite and ``pytest-simscope
+check`` validate what was published against these models.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MessageType = Literal[
-    "regr-start", "regr-update", "regr-finish", "job-live", "job-finish", "batch-job-finish"
-]
-MESSAGE_TYPES: tuple[str, ...] = (
-    "regr-start",
-    "regr-update",
-    "regr-finish",
-    "job-live",
-    "job-finish",
-    "batch-job-finish",
+from pytest_simscope.messages import (
+    JOB_TYPES,
+    MAX_JOB_MS,
+    MESSAGE_TYPES,
+    REGRESSION_TYPES,
+    Envelope,
+    MessageType,
+    _clean_str,
+    dumps,
+    local_time,
+    metadata_pairs,
+    rfc3339,
 )
+
+__all__ = [
+    "JOB_TYPES",
+    "MAX_JOB_MS",
+    "MESSAGE_TYPES",
+    "REGRESSION_TYPES",
+    "Envelope",
+    "Job",
+    "JobResult",
+    "MessageType",
+    "Regression",
+    "_clean_str",
+    "dumps",
+    "local_time",
+    "metadata_pairs",
+    "rfc3339",
+]
+
 JobResult = Literal["live", "pass", "fail", "skip"]
-REGRESSION_TYPES = frozenset({"regr-start", "regr-update", "regr-finish"})
-JOB_TYPES = frozenset({"job-live", "job-finish", "batch-job-finish"})
-
-# Simscope rejects jobs longer than 24 days; clamp what we send so a clock jump on the
-# test machine cannot get a real result refused.
-MAX_JOB_MS = 24 * 24 * 3600 * 1000 - 1
-
-
-def rfc3339(moment: dt.datetime) -> str:
-    """Format *moment* as RFC 3339 with microseconds and its UTC offset."""
-    if moment.tzinfo is None:
-        moment = moment.astimezone()
-    offset = moment.utcoffset()
-    if offset is not None and offset.seconds % 60:
-        # Historic zones have offsets with seconds, which RFC 3339 cannot express.
-        moment = moment.astimezone(dt.timezone.utc)
-    return moment.isoformat(timespec="microseconds")
-
-
-def local_time(epoch: float) -> dt.datetime:
-    """The aware local datetime of a ``time.time()`` value."""
-    return dt.datetime.fromtimestamp(epoch).astimezone()
-
-
-def _clean_str(value: Any) -> str:
-    """Turn any value into a string JSON can carry and a server will accept."""
-    if isinstance(value, bytes):
-        text = value.decode("utf-8", "backslashreplace")
-    elif isinstance(value, str):
-        text = value
-    else:
-        try:
-            text = str(value)
-        except Exception as exc:  # a __str__ that raises must not stop publishing
-            text = f"<unprintable {type(value).__name__}: {type(exc).__name__}>"
-    # Lone surrogates cannot be encoded as UTF-8; NUL bytes trip many consumers.
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text.replace("\x00", "\\x00")
-
-
-def metadata_pairs(items: Any) -> list[tuple[str, str]]:
-    """Normalise metadata given as a mapping or as pairs into ``[name, value]`` strings."""
-    if items is None:
-        return []
-    if isinstance(items, dict):
-        iterable: Any = items.items()
-    else:
-        iterable = items
-    pairs: list[tuple[str, str]] = []
-    for item in iterable:
-        name, value = item
-        pairs.append((_clean_str(name), _clean_str(value)))
-    return pairs
 
 
 class _Model(BaseModel):
@@ -172,39 +138,3 @@ class Job(_Model):
                 if getattr(self, name) is not None:
                     raise ValueError(f"a live job must not carry {name}")
         return self
-
-
-class Envelope(BaseModel):
-    """One message: its Simscope type, the regression it belongs to and its JSON body."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    type: MessageType
-    regression: str
-    body: dict[str, Any] | list[dict[str, Any]] | None = None
-
-    @property
-    def uniqueid(self) -> str | None:
-        """The job's uniqueid for job messages with a single body, else ``None``."""
-        if isinstance(self.body, dict):
-            value = self.body.get("uniqueid")
-            return value if isinstance(value, str) else None
-        return None
-
-    def as_record(self) -> dict[str, Any]:
-        return {"type": self.type, "regression": self.regression, "body": self.body}
-
-    def body_bytes(self) -> bytes:
-        """The UTF-8 JSON body as it goes on the wire."""
-        return dumps(self.body).encode("utf-8")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return _clean_str(value)
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON that never fails on odd values (they become strings)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)

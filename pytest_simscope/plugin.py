@@ -24,7 +24,7 @@ from pytest_simscope import hooks
 from pytest_simscope.ci import detect_ci
 from pytest_simscope.errors import PublishError, SettingsError
 from pytest_simscope.journal import Journal, recover
-from pytest_simscope.models import _clean_str, metadata_pairs
+from pytest_simscope.messages import _clean_str, metadata_pairs
 from pytest_simscope.publisher import Publisher, PublishStats
 from pytest_simscope.redact import mask_url, mask_urls, redact
 from pytest_simscope.reporter import DATA_ATTR, SimscopeReporter
@@ -265,7 +265,7 @@ class SimscopePlugin(WorkerSide):
         self._prev_sigterm: Any = None
         self._sigterm_installed = False
         self._got_sigterm = False
-        self._heartbeat_stop: Any = None
+        self._ticker_stop: Any = None
         self.recovered = 0
         self._secrets = self._secret_values()
         self._early_warnings: list[str] = []
@@ -312,7 +312,7 @@ class SimscopePlugin(WorkerSide):
             return spool
         from pytest_simscope.transports.network import NetworkOptions, network_transport
 
-        options = NetworkOptions.from_settings(s.model_dump())
+        options = NetworkOptions.from_settings(s.as_dict())
         url = with_credentials(s.url, s.username, s.password)
         return network_transport(url, options)
 
@@ -398,8 +398,8 @@ class SimscopePlugin(WorkerSide):
             self._failure = f"pytest-simscope could not start: {type(exc).__name__}: {exc}"
             return
         self._install_sigterm()
-        if self.settings.heartbeat > 0:
-            self._start_heartbeat(self.settings.heartbeat)
+        if self.settings.heartbeat > 0 or self.settings.live_after > 0:
+            self._start_ticker(self.settings.live_after, self.settings.heartbeat)
 
     def _guard(self, what: str, func: Any, *args: Any) -> None:
         if self.reporter is None:
@@ -432,7 +432,7 @@ class SimscopePlugin(WorkerSide):
 
     @pytest.hookimpl(trylast=True)  # after other plugins changed the exit status
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        self._stop_heartbeat()
+        self._stop_ticker()
         if self.reporter is None or self.publisher is None:
             return
         self._guard("session finish", self.reporter.finish, exitstatus)
@@ -521,7 +521,7 @@ class SimscopePlugin(WorkerSide):
                 break
         return lines
 
-    # -- signals and heartbeat -----------------------------------------------------------
+    # -- signals and the ticker ------------------------------------------------------------
 
     def _install_sigterm(self) -> None:
         if not hasattr(signal, "SIGTERM"):
@@ -555,28 +555,39 @@ class SimscopePlugin(WorkerSide):
                 sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGTERM)
 
-    def _start_heartbeat(self, interval: float) -> None:
+    def _start_ticker(self, live_after: float, heartbeat: float) -> None:
+        """One thread for what runs on a clock: late live jobs and heartbeats."""
         import threading
+        import time
 
         stop = threading.Event()
-        self._heartbeat_stop = stop
+        self._ticker_stop = stop
+        periods = [p for p in (live_after / 2, heartbeat) if p > 0]
+        tick = min(1.0, max(0.01, min(periods)))
 
-        def beat() -> None:
-            while not stop.wait(interval):
-                if self.reporter is not None:
-                    with contextlib.suppress(Exception):
-                        self.reporter.heartbeat(interval)
+        def run() -> None:
+            next_beat = time.monotonic() + heartbeat
+            while not stop.wait(tick):
+                reporter = self.reporter
+                if reporter is None:
+                    continue
+                with contextlib.suppress(Exception):
+                    if live_after > 0:
+                        reporter.send_due_live()
+                    if heartbeat > 0 and time.monotonic() >= next_beat:
+                        next_beat = time.monotonic() + heartbeat
+                        reporter.heartbeat(heartbeat)
 
-        threading.Thread(target=beat, name="simscope-heartbeat", daemon=True).start()
+        threading.Thread(target=run, name="simscope-ticker", daemon=True).start()
 
-    def _stop_heartbeat(self) -> None:
-        if self._heartbeat_stop is not None:
-            self._heartbeat_stop.set()
-            self._heartbeat_stop = None
+    def _stop_ticker(self) -> None:
+        if self._ticker_stop is not None:
+            self._ticker_stop.set()
+            self._ticker_stop = None
 
     def shutdown(self) -> None:
         """Last resort at unconfigure: close whatever sessionfinish did not."""
-        self._stop_heartbeat()
+        self._stop_ticker()
         self._restore_sigterm()
         if self.publisher is not None and self.stats is None:
             with contextlib.suppress(Exception):

@@ -46,7 +46,7 @@ from typing import IO
 
 from pytest_simscope.errors import PermanentError, PublishError, TransientError
 from pytest_simscope.journal import Journal
-from pytest_simscope.models import Envelope
+from pytest_simscope.messages import Envelope
 from pytest_simscope.transports.base import Transport
 
 Warn = Callable[[str], None]
@@ -79,10 +79,12 @@ class PublishStats:
     warnings: list[str] = field(default_factory=list)
 
 
-@dataclass
 class _Item:
-    seq: int
-    envelope: Envelope
+    __slots__ = ("envelope", "seq")
+
+    def __init__(self, seq: int, envelope: Envelope) -> None:
+        self.seq = seq
+        self.envelope = envelope
 
 
 class _Spill:
@@ -452,10 +454,7 @@ class Publisher:
             if len(run) == 1:
                 wire.append((run[0].envelope, list(run)))
             elif run:
-                body = [item.envelope.body for item in run]
-                batch = Envelope(
-                    type="batch-job-finish", regression=run[0].envelope.regression, body=body
-                )
+                batch = Envelope.batch(run[0].envelope.regression, [i.envelope for i in run])
                 wire.append((batch, list(run)))
             run.clear()
 

@@ -19,7 +19,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,14 @@ import pytest
 
 from pytest_simscope.failures import fail_message, first_line
 from pytest_simscope.identity import StartClock, job_slug, make_uniqueid, safe_slug
-from pytest_simscope.models import (
+from pytest_simscope.messages import (
+    MAX_JOB_MS,
     Envelope,
-    Job,
     MessageType,
-    Regression,
     _clean_str,
-    local_time,
+    epoch_micros,
     metadata_pairs,
-    rfc3339,
+    stamp,
 )
 from pytest_simscope.publisher import Publisher
 from pytest_simscope.redact import mask_urls, redact
@@ -45,33 +43,69 @@ DATA_ATTR = "simscope_data"
 _PHASE_PREFIX = {"setup": "setup error: ", "teardown": "teardown error: ", "subtest": ""}
 
 
-@dataclass
 class _Open:
-    """A job that has started and not finished yet."""
+    """A job that has started and not finished yet (one per running test: kept small)."""
 
-    nodeid: str
-    worker: str | None
-    uniqueid: str
-    start_epoch: float
-    start_time: str
-    category: str
-    testgroup: str | None
-    live_sent: bool = False
-    reruns: int = 0
-    subtests: dict[str, int] = field(default_factory=dict)
-    outcome: str = "passed"  # of the current attempt: passed, failed, skipped
-    xfail: str = ""  # "xfailed" / "xpassed"
-    skip_reason: str = ""
-    failures: list[tuple[str, Any]] = field(default_factory=list)
-    duration: float = 0.0
-    stop_epoch: float = 0.0
-    metadata: list[tuple[str, str]] = field(default_factory=list)
-    sections: list[tuple[str, str]] = field(default_factory=list)
-    last_report: Any = None
-    last_beat: float = 0.0
-    # pytest-rerunfailures asked for another attempt: the next logfinish ends that
-    # attempt, not the job, and the next setup report starts the attempt afresh.
-    rerun_pending: bool = False
+    __slots__ = (
+        "category",
+        "duration",
+        "failures",
+        "last_beat",
+        "last_report",
+        "live_ready",
+        "live_sent",
+        "metadata",
+        "nodeid",
+        "outcome",
+        "rerun_pending",
+        "reruns",
+        "sections",
+        "skip_reason",
+        "start_epoch",
+        "start_time",
+        "stop_epoch",
+        "subtests",
+        "testgroup",
+        "uniqueid",
+        "worker",
+        "xfail",
+    )
+
+    def __init__(
+        self,
+        nodeid: str,
+        worker: str | None,
+        uniqueid: str,
+        start_epoch: float,
+        start_time: str,
+        category: str,
+        testgroup: str | None,
+    ) -> None:
+        self.nodeid = nodeid
+        self.worker = worker
+        self.uniqueid = uniqueid
+        self.start_epoch = start_epoch
+        self.start_time = start_time
+        self.category = category
+        self.testgroup = testgroup
+        # Its setup did not skip: a live job may be published for it.
+        self.live_ready = False
+        self.live_sent = False
+        self.reruns = 0
+        self.subtests: dict[str, int] = {}
+        self.outcome = "passed"  # of the current attempt: passed, failed, skipped
+        self.xfail = ""  # "xfailed" / "xpassed"
+        self.skip_reason = ""
+        self.failures: list[tuple[str, Any]] = []
+        self.duration = 0.0
+        self.stop_epoch = 0.0
+        self.metadata: list[tuple[str, str]] = []
+        self.sections: list[tuple[str, str]] = []
+        self.last_report: Any = None
+        self.last_beat = 0.0
+        # pytest-rerunfailures asked for another attempt: the next logfinish ends that
+        # attempt, not the job, and the next setup report starts the attempt afresh.
+        self.rerun_pending = False
 
 
 def _worker_of(report: Any) -> str | None:
@@ -142,7 +176,9 @@ class SimscopeReporter:
         self._hook_failed = False
         self._clock = StartClock()
         self._open: dict[tuple[str | None, str], _Open] = {}
-        self._occurrences: dict[tuple[str | None, str], int] = {}
+        # How often each test ran so far, by node id (with the worker under --dist each).
+        self._occurrences: dict[Any, int] = {}
+        self.live_after = self.settings.live_after
         self._collect_failed: set[str] = set()
         # Jobs a worker_down already failed: xdist's own crash report for them follows.
         self._crashed: set[tuple[str | None, str]] = set()
@@ -160,14 +196,19 @@ class SimscopeReporter:
     # -- regression ----------------------------------------------------------------------
 
     def _regression(self, **fields: Any) -> dict[str, Any]:
-        return Regression(name=self.regression, **fields).body()
+        """A Regression body: the name and every field that is set."""
+        body: dict[str, Any] = {"name": self.regression}
+        for name, value in fields.items():
+            if value is not None:
+                if name == "custom_metadata":
+                    value = [list(pair) for pair in metadata_pairs(value)]
+                body[name] = value
+        return body
 
     def _send(self, kind: MessageType, body: Any) -> None:
-        # Bodies are built here from known fields, so skip re-validating them on the hot
-        # path; the test suite validates every published stream with check.py instead.
-        self.publisher.publish(
-            Envelope.model_construct(type=kind, regression=self.regression, body=body)
-        )
+        # Bodies are built here from known fields as plain dicts; the test suite validates
+        # every published stream against the pydantic models (check.py) instead.
+        self.publisher.publish(Envelope(kind, self.regression, body))
 
     def start(self) -> None:
         if self._started:
@@ -179,7 +220,7 @@ class SimscopeReporter:
         custom = list(self.resolved.ci.metadata) + list(s.regression_metadata)
         argv = ["pytest", *self.config.invocation_params.args]
         body = self._regression(
-            starttime=rfc3339(local_time(self.start_epoch)),
+            starttime=stamp(epoch_micros(self.start_epoch)),
             pending=True,
             host=self.host,
             dir=str(self.config.invocation_params.dir),
@@ -234,8 +275,9 @@ class SimscopeReporter:
 
     def _open_job(self, report: Any, key: tuple[str | None, str], data: dict[str, Any]) -> _Open:
         nodeid = key[1]
-        count = self._occurrences.get(key, 0) + 1
-        self._occurrences[key] = count
+        seen: Any = key if self.dist_each else nodeid
+        count = self._occurrences.get(seen, 0) + 1
+        self._occurrences[seen] = count
         uniqueid = make_uniqueid(
             nodeid,
             worker=key[0] if self.dist_each else None,
@@ -248,7 +290,7 @@ class SimscopeReporter:
             worker=key[0],
             uniqueid=uniqueid,
             start_epoch=start,
-            start_time=rfc3339(self._clock.claim(start)),
+            start_time=stamp(self._clock.claim_micros(start)),
             category=str(data.get("category") or self.settings.category),
             testgroup=self._testgroup(nodeid, data),
         )
@@ -275,6 +317,8 @@ class SimscopeReporter:
     def _publish_job(self, kind: MessageType, body: dict[str, Any], report: Any) -> None:
         if self._job_hook is not None:
             try:
+                from pytest_simscope.models import Job  # pydantic: only for hook users
+
                 model = Job(**body)
                 self._job_hook(job=model, report=report)
                 body = model.body()
@@ -358,8 +402,10 @@ class SimscopeReporter:
                 else:
                     job.outcome = "skipped"
                     job.skip_reason = _crash_summary(report.longrepr)
-            elif not job.live_sent:
-                self._send_live(job, report)
+            else:
+                job.live_ready = True
+                if not self.live_after and not job.live_sent:
+                    self._send_live(job, report)
         if report.failed:
             job.outcome = "failed"
             job.failures.append((when, report))
@@ -415,7 +461,7 @@ class SimscopeReporter:
             stop = job.stop_epoch or time.time()
             body["runtime_ms"] = max(compute, round((stop - job.start_epoch) * 1000))
         stop = job.stop_epoch or time.time()
-        body["finish_time"] = rfc3339(local_time(max(stop, job.start_epoch)))
+        body["finish_time"] = stamp(epoch_micros(max(stop, job.start_epoch)))
         message = ""
         if result == "fail":
             message = self._failure_text(job, why)
@@ -438,7 +484,7 @@ class SimscopeReporter:
                 body["jobdir"] = jobdir
         for name in ("compute_ms", "runtime_ms"):
             if name in body:
-                body[name] = min(body[name], 24 * 24 * 3600 * 1000 - 1)
+                body[name] = min(body[name], MAX_JOB_MS)
         self._finished += 1
         self._results[result] += 1
         self._publish_job("job-finish", body, job.last_report)
@@ -496,8 +542,7 @@ class SimscopeReporter:
                 self._send(
                     "regr-update", self._regression(submitted=self._submitted - self._omitted)
                 )
-        now = time.time()
-        start = rfc3339(self._clock.claim(now))
+        start = stamp(self._clock.claim_micros(time.time()))
         body: dict[str, Any] = {
             "category": self.settings.category,
             # A collector's node id never names a test (those go on with "::name"), so
@@ -535,6 +580,21 @@ class SimscopeReporter:
             job = self._open[key]
             self._crashed.add(key)
             self._finish(key, job, why=f"worker {worker!r} crashed while running {job.nodeid!r}")
+
+    def send_due_live(self) -> None:
+        """Publish the live job of every test that has run ``live_after`` seconds.
+
+        Called from the plugin's ticker thread.  A test that ends sooner never gets one: a
+        test that ended needs no live message.  Under the lock, so a job the tests' thread
+        is finishing gets its live message before its finish, or not at all.
+        """
+        with self._lock:
+            if self._closed or not self._open:
+                return
+            due = time.time() - self.live_after
+            for job in list(self._open.values()):
+                if job.live_ready and not job.live_sent and job.start_epoch <= due:
+                    self._send_live(job, job.last_report)
 
     def heartbeat(self, interval: float) -> None:
         """Re-send the live job of tests running longer than *interval*; update running."""

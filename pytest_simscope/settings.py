@@ -16,11 +16,9 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 from urllib.parse import urlsplit
-
-from pydantic import BaseModel, ConfigDict
 
 from pytest_simscope.ci import CiDefaults
 from pytest_simscope.errors import SettingsError
@@ -130,6 +128,8 @@ SPECS: tuple[Spec, ...] = (
          "to the offline queue.", default=30.0, minimum=0, metavar="SECONDS"),
     Spec("max_pending", "int", "Most messages held in memory before spilling to the offline "
          "queue.", default=10000, minimum=10, metavar="N"),
+    Spec("live_after", "float", "Publish a test's live job once it has run SECONDS (0: at "
+         "setup, for every test).", default=0.1, minimum=0, metavar="SECONDS"),
     Spec("heartbeat", "float", "Re-send a running test's live job every SECONDS (0: off).",
          default=0.0, minimum=0, metavar="SECONDS"),
     Spec("strict", "bool", "Exit non-zero when some messages could not be delivered.",
@@ -145,10 +145,12 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 _INT = re.compile(r"[+-]?[0-9]+")
 
 
-class Settings(BaseModel):
-    """The resolved settings of one run (frozen)."""
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings of one run (frozen).
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Every value was parsed and checked by :func:`parse_value` from its :class:`Spec`.
+    """
 
     regression: str | None = None
     url: str | None = None
@@ -187,6 +189,7 @@ class Settings(BaseModel):
     flush_timeout: float = 30.0
     retry_budget: float = 30.0
     max_pending: int = 10000
+    live_after: float = 0.1
     heartbeat: float = 0.0
     strict: bool = False
     username: str | None = None
@@ -195,6 +198,9 @@ class Settings(BaseModel):
     @property
     def enabled(self) -> bool:
         return bool(self.regression)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)

@@ -3,3 +3,4 @@
 from __future__ import annotations
 
 pytest_plugins = ["pytester", "broker_fixtures"]
+

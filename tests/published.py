@@ -93,6 +93,10 @@ def plugin_args(
         full += [
             f"--simscope-regression={regression}",
             f"--simscope-record={record_path(pytester)}",
+            # A live job for every test, at its setup: without this, only tests still
+            # running after 0.1 s get one, and what is recorded depends on timing
+            # (test_live.py covers that default).
+            "--simscope-live-after=0",
         ]
     if not randomly:
         full += ["-p", "no:randomly"]

@@ -237,9 +237,7 @@ def test_scan_sorts_entries(tmp_path: Path) -> None:
         "job-broken": "corrupt: invalid JSON in job.json: Unterminated string starting at "
                       "(line 1, column 26)",
         "job-fields": "corrupt: job.json has no 'messages' list (or it is empty)",
-        "job-type": "corrupt: messages[0]: 'type': Input should be 'regr-start', "
-                    "'regr-update', 'regr-finish', 'job-live', 'job-finish' or "
-                    "'batch-job-finish'",
+        "job-type": "corrupt: messages[0]: unknown message type 'job-done'",
     }
 
 

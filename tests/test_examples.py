@@ -276,7 +276,8 @@ def test_hook(tmp_path: Path, mode: tuple[str, ...]) -> None:
     if mode:
         pytest.importorskip("xdist")
     here = copy_example("hook", tmp_path)
-    result, records = run_pytest(here, *mode, SIM_BUILD="rtl-cov")
+    # A live job for every test, so that the hook is seen changing live jobs too.
+    result, records = run_pytest(here, *mode, SIM_BUILD="rtl-cov", SIMSCOPE_LIVE_AFTER="0")
     assert result.returncode == 1, output(result)  # test_dma_burst fails
     assert outcome_line(result.stdout) == "1 failed, 2 passed"
     assert "1 failed, 2 passed" in readme("hook")

@@ -7,6 +7,8 @@ what pytest printed for a bad value, and what the run wrote.
 
 from __future__ import annotations
 
+import dataclasses
+
 import datetime as dt
 import json
 import re
@@ -198,7 +200,7 @@ def test_every_setting_has_a_source_and_defaults_validate() -> None:
 
 def test_resolved_settings_are_frozen() -> None:
     settings = resolve(cli={}, env={}, ini={}).settings
-    with pytest.raises(ValueError):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         settings.category = "other"  # type: ignore[misc]
 
 

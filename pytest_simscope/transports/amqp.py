@@ -28,7 +28,7 @@ import pika.exceptions
 from pika.adapters.select_connection import IOLoop
 
 from pytest_simscope.errors import PermanentError, PublishError, SettingsError, TransientError
-from pytest_simscope.models import Envelope
+from pytest_simscope.messages import Envelope
 from pytest_simscope.redact import mask_url, redact
 from pytest_simscope.transports.base import Transport, unroutable_message
 

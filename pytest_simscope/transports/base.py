@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import TracebackType
 
-from pytest_simscope.models import Envelope
+from pytest_simscope.messages import Envelope
 
 
 class Transport:

@@ -35,7 +35,7 @@ from typing import Any
 from pytest_simscope import __version__
 from pytest_simscope.errors import PermanentError
 from pytest_simscope.identity import job_slug, safe_slug
-from pytest_simscope.models import REGRESSION_TYPES, Envelope, dumps
+from pytest_simscope.messages import REGRESSION_TYPES, Envelope, dumps
 from pytest_simscope.transports.base import Transport
 
 ENTRY_FILE = "job.json"

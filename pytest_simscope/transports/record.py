@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_simscope.errors import PermanentError
-from pytest_simscope.models import Envelope, dumps
+from pytest_simscope.messages import Envelope, dumps
 from pytest_simscope.transports.base import Transport
 
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pytest_simscope.errors import PermanentError, SettingsError, TransientError
-from pytest_simscope.models import Envelope
+from pytest_simscope.messages import Envelope
 from pytest_simscope.redact import mask_urls, redact
 from pytest_simscope.transports.base import Transport
 
