@@ -180,8 +180,7 @@ def test_read_outbox_returns_publication_order(tmp_path: Path) -> None:
         regr("regr-update", submitted=3),
         live("t::c"), live("t::a"), live("t::b"),
         finish("t::b"), finish("t::c", "fail"),
-        Envelope(type="batch-job-finish", regression=REGRESSION,
-                 body=[finish("t::a").body, finish("t::z", "skip").body]),
+        Envelope.batch(REGRESSION, [finish("t::a"), finish("t::z", "skip")]),
         regr("regr-finish", pending=False),
     ]
     for envelope in stream:
@@ -215,9 +214,9 @@ def test_read_outbox_of_nothing(tmp_path: Path) -> None:
 def test_batch_job_finish_is_one_entry_per_job(tmp_path: Path) -> None:
     queue = OfflineQueue(tmp_path)
     queue.send([live("t::a")])
-    bodies = [finish(uid, result).body for uid, result in
-              (("t::a", "pass"), ("t::b", "fail"), ("t::c", "skip"))]
-    queue.send([Envelope(type="batch-job-finish", regression=REGRESSION, body=bodies)])
+    finishes = [finish(uid, result) for uid, result in
+                (("t::a", "pass"), ("t::b", "fail"), ("t::c", "skip"))]
+    queue.send([Envelope.batch(REGRESSION, finishes)])
     found = list(entries(tmp_path).values())
     assert len(found) == 3
     by_id = {entry["uniqueid"]: entry for entry in found}

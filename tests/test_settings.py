@@ -8,7 +8,6 @@ what pytest printed for a bad value, and what the run wrote.
 from __future__ import annotations
 
 import dataclasses
-
 import datetime as dt
 import json
 import re
