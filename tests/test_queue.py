@@ -223,7 +223,7 @@ def test_batch_job_finish_is_one_entry_per_job(tmp_path: Path) -> None:
     assert [m["type"] for m in by_id["t::a"]["messages"]] == ["job-live", "job-finish"]
     assert by_id["t::a"]["status"] == "completed"
     assert by_id["t::b"]["status"] == "failed"
-    assert [m["body"] for m in by_id["t::c"]["messages"]] == [bodies[2]]
+    assert [m["body"] for m in by_id["t::c"]["messages"]] == [finishes[2].body]
     assert all(m["type"] == "job-finish" for m in by_id["t::c"]["messages"])
     assert_clean(tmp_path)
 
