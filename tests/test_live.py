@@ -1,0 +1,97 @@
+"""When a test's live job is published: at setup with live_after=0, else once it has run
+live_after seconds (default 0.1), so a test that ends sooner costs one message only."""
+
+from __future__ import annotations
+
+import pytest
+from published import XDIST_MODES, bodies, isolate_environment, recorded
+
+from pytest_simscope.check import check_records
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    isolate_environment(monkeypatch)
+
+
+SUITE = """
+import time
+
+def test_slow():
+    time.sleep(0.8)
+
+def test_fast():
+    pass
+
+def test_fast_fail():
+    assert 0
+"""
+
+
+def _types_of(records: list[dict[str, object]], uid: str) -> list[object]:
+    return [
+        r["type"] for r in records
+        if isinstance(r["body"], dict) and r["body"].get("uniqueid") == uid
+    ]
+
+
+@pytest.mark.parametrize("mode", XDIST_MODES)
+def test_only_a_test_still_running_after_live_after_gets_a_live_job(
+    pytester: pytest.Pytester, mode: tuple[str, ...]
+) -> None:
+    pytester.makepyfile(test_mix=SUITE)
+    result, records = recorded(pytester, *mode, "--simscope-live-after=0.2")
+
+    result.assert_outcomes(passed=2, failed=1)
+    assert _types_of(records, "test_mix.py::test_slow") == ["job-live", "job-finish"]
+    assert _types_of(records, "test_mix.py::test_fast") == ["job-finish"]
+    assert _types_of(records, "test_mix.py::test_fast_fail") == ["job-finish"]
+    live = bodies(records, "job-live")[0]
+    finish = next(b for b in bodies(records, "job-finish") if b["uniqueid"] == live["uniqueid"])
+    # The late live job is the same job: same start time, same fields but the result.
+    assert live["start_time"] == finish["start_time"]
+    assert live["result"] == "live"
+    assert check_records(records) == []
+
+
+def test_the_default_is_a_tenth_of_a_second(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_mix=SUITE)
+    # recorded() pins live_after to 0 for the other tests; the last flag wins.
+    result, records = recorded(pytester, "--simscope-live-after=0.1")
+    result.assert_outcomes(passed=2, failed=1)
+    assert [b["uniqueid"] for b in bodies(records, "job-live")] == ["test_mix.py::test_slow"]
+
+
+def test_zero_publishes_a_live_job_for_every_test_at_setup(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_mix=SUITE)
+    result, records = recorded(pytester, "--simscope-live-after=0")
+    result.assert_outcomes(passed=2, failed=1)
+    for name in ("test_slow", "test_fast", "test_fast_fail"):
+        assert _types_of(records, f"test_mix.py::{name}") == ["job-live", "job-finish"]
+
+
+def test_a_test_skipped_at_setup_never_gets_a_live_job(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_skip="""
+        import time, pytest
+
+        @pytest.fixture
+        def slow_skip():
+            time.sleep(0.5)
+            pytest.skip("no hardware")
+
+        def test_needs_hardware(slow_skip):
+            pass
+        """
+    )
+    result, records = recorded(pytester, "--simscope-live-after=0.05")
+    result.assert_outcomes(skipped=1)
+    assert bodies(records, "job-live") == []
+    assert [b["result"] for b in bodies(records, "job-finish")] == ["skip"]
+
+
+def test_a_bad_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_a="def test_a():\n    pass\n")
+    result, _ = recorded(pytester, "--simscope-live-after=soon")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--simscope-live-after*"])
