@@ -125,10 +125,20 @@ class StartClock:
             claimed = self._claimed
             index = bisect_left(claimed, micros)
             size = len(claimed)
-            # The claimed times from *index* on that follow one another are taken.
-            while index < size and claimed[index] == micros:
-                micros += 1
-                index += 1
+            if index < size and claimed[index] == micros:
+                # Taken, and so may be a run of times after it: claimed[k] - k is the
+                # same along a run of consecutive times (the array is sorted, no two
+                # equal), so the run's end is found by bisection, not by walking it.
+                base = micros - index
+                low, high = index + 1, size
+                while low < high:
+                    middle = (low + high) // 2
+                    if claimed[middle] - middle == base:
+                        low = middle + 1
+                    else:
+                        high = middle
+                index = low
+                micros = base + index
             if index == size:
                 claimed.append(micros)
                 self._last = micros

@@ -239,3 +239,19 @@ def test_start_clock_threads() -> None:
     for thread in threads:
         thread.join()
     assert len(set(results)) == 8_000
+
+
+@settings(max_examples=200, deadline=None)
+@given(offsets=st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=300))
+def test_start_clock_gives_the_first_free_microsecond(offsets: list[int]) -> None:
+    """Claims that collide often, in any order: each gets the first microsecond at or
+    after its own that no earlier claim took (a plain set is the reference)."""
+    clock = StartClock()
+    base = 1_700_000_000_000_000
+    taken: set[int] = set()
+    for offset in offsets:
+        expected = base + offset
+        while expected in taken:
+            expected += 1
+        taken.add(expected)
+        assert clock.claim_micros((base + offset) / 1_000_000) == expected
