@@ -248,8 +248,12 @@ class WorkerSide:
         return report
 
 
-class SimscopePlugin(WorkerSide):
-    """The publishing side: owns the publisher and the reporter for one session."""
+class SimscopePlugin:
+    """The publishing side: owns the publisher and the reporter for one session.
+
+    Reports of tests run in this process get their data from the item being run (seen
+    in ``pytest_runtest_protocol``); reports from xdist workers carry it already.
+    """
 
     def __init__(self, config: pytest.Config, resolved: Resolved) -> None:
         self.config = config
@@ -266,6 +270,7 @@ class SimscopePlugin(WorkerSide):
         self._sigterm_installed = False
         self._got_sigterm = False
         self._ticker_stop: Any = None
+        self._item: pytest.Item | None = None
         self.recovered = 0
         self._secrets = self._secret_values()
         self._early_warnings: list[str] = []
@@ -420,10 +425,26 @@ class SimscopePlugin(WorkerSide):
         if report.failed and self.reporter is not None:
             self._guard("collection report", self.reporter.collect_failed, report)
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, object, object]:
+        self._item = item
+        try:
+            return (yield)
+        finally:
+            self._item = None
+
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self.reporter is not None:
-            self._guard("test report", self.reporter.logreport, report)
+        if self.reporter is None:
+            return
+        item = self._item
+        if item is not None and report.when != "call" and item.nodeid == report.nodeid:
+            # One plain hook a test instead of a makereport wrapper on all three phases.
+            with contextlib.suppress(Exception):
+                attach_data(item, report)
+        self._guard("test report", self.reporter.logreport, report)
 
     @pytest.hookimpl
     def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
@@ -562,7 +583,7 @@ class SimscopePlugin(WorkerSide):
 
         stop = threading.Event()
         self._ticker_stop = stop
-        periods = [p for p in (live_after / 2, heartbeat) if p > 0]
+        periods = [p for p in (live_after, heartbeat) if p > 0]
         tick = min(1.0, max(0.01, min(periods)))
 
         def run() -> None:

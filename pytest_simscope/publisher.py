@@ -185,7 +185,7 @@ class Publisher:
         batch_size: int = 100,
         max_pending: int = 10000,
         retry_budget: float = 30.0,
-        linger: float = 0.05,
+        linger: float = 0.2,
         warn: Warn | None = None,
     ) -> None:
         self.transport = transport

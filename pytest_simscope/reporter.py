@@ -108,13 +108,14 @@ class _Open:
         self.rerun_pending = False
 
 
-def _worker_of(report: Any) -> str | None:
-    node = getattr(report, "node", None)
-    gateway = getattr(node, "gateway", None)
-    wid = getattr(gateway, "id", None)
-    if isinstance(wid, str):
-        return wid
-    wid = getattr(report, "worker_id", None)
+def _worker_of(report: Any, extra: dict[str, Any]) -> str | None:
+    """The xdist worker that sent *report* (None in a run without workers)."""
+    node = extra.get("node")
+    if node is not None:
+        wid = getattr(getattr(node, "gateway", None), "id", None)
+        if isinstance(wid, str):
+            return wid
+    wid = extra.get("worker_id")
     return wid if isinstance(wid, str) else None
 
 
@@ -191,6 +192,7 @@ class SimscopeReporter:
         self._worker_counts: dict[str, int] = {}
         self.start_epoch = time.time()
         self._base_metadata = list(self.settings.metadata)
+        self._build = self.settings.build
         self.jobdir_root = Path(self.settings.jobdir_root) if self.settings.jobdir_root else None
 
     # -- regression ----------------------------------------------------------------------
@@ -308,8 +310,8 @@ class SimscopeReporter:
         }
         if job.testgroup:
             body["testgroup"] = _clean_str(job.testgroup)
-        if self.settings.build:
-            body["build"] = self.settings.build
+        if self._build:
+            body["build"] = self._build
         if self.seed:
             body["seed"] = self.seed
         return body
@@ -340,13 +342,18 @@ class SimscopeReporter:
         self._publish_job("job-live", body, report)
 
     def logreport(self, report: pytest.TestReport) -> None:
-        key = (_worker_of(report), report.nodeid)
+        # Called three times for every test: attributes are read from the instance dict
+        # where possible (a missing attribute through getattr() costs an exception).
+        extra = getattr(report, "__dict__", None)
+        if not isinstance(extra, dict):
+            extra = {}
+        key = (_worker_of(report, extra), report.nodeid)
         when = report.when
-        data = getattr(report, DATA_ATTR, None) or {}
+        data = extra.get(DATA_ATTR) or {}
         if not isinstance(data, dict):
             data = {}
         job = self._open.get(key)
-        if when not in ("setup", "call", "teardown"):
+        if when != "call" and when != "setup" and when != "teardown":
             # A crashed xdist worker: the test it was running ends here, unless
             # worker_down (which xdist calls first) already ended it.
             if job is None and key in self._crashed:
@@ -371,32 +378,49 @@ class SimscopeReporter:
             job.metadata = []
             job.sections = []
             job.subtests = {}
-        if str(report.outcome) == "rerun":  # pytest-rerunfailures' own outcome
+        outcome = report.outcome
+        if not isinstance(outcome, str):
+            outcome = str(outcome)
+        if outcome == "rerun":  # pytest-rerunfailures' own outcome
             job.reruns += 1
             job.rerun_pending = True
             job.last_report = report
             return
-        if _is_subtest(report):
+        if type(report) is not pytest.TestReport and _is_subtest(report):
             # A subtest is part of its test's job: a failing one fails the job, the others
             # are counted; none of them ends the test or changes its own outcome.
-            outcome = str(report.outcome)
             job.subtests[outcome] = job.subtests.get(outcome, 0) + 1
-            if report.failed:
+            if outcome == "failed":
                 job.outcome = "failed"
                 job.failures.append(("subtest", report))
             return
         job.last_report = report
-        job.duration += getattr(report, "duration", 0.0) or 0.0
-        job.stop_epoch = getattr(report, "stop", 0.0) or time.time()
-        if data.get("metadata"):
-            job.metadata.extend(metadata_pairs(data["metadata"]))
+        duration = extra.get("duration")
+        if duration is None:
+            duration = getattr(report, "duration", None)
+        if isinstance(duration, (int, float)):
+            job.duration += duration
+        stop = extra.get("stop")
+        if stop is None:
+            stop = getattr(report, "stop", None)
+        job.stop_epoch = stop if isinstance(stop, (int, float)) and stop else time.time()
+        if data:
+            added = data.get("metadata")
+            if added:
+                job.metadata.extend(metadata_pairs(added))
         if self.jobdir_root is not None:
             # Each report carries every section captured so far for the test.
             sections = getattr(report, "sections", ()) or ()
             job.sections = [(str(name), _clean_str(content)) for name, content in sections]
-        wasxfail = getattr(report, "wasxfail", None)
+        if outcome == "passed" and when != "call":
+            if when == "setup":
+                job.live_ready = True
+                if not self.live_after and not job.live_sent:
+                    self._send_live(job, report)
+            return
+        wasxfail = extra.get("wasxfail")
         if when == "setup":
-            if report.skipped:
+            if outcome == "skipped":
                 if wasxfail is not None:
                     job.xfail = "xfailed"
                 else:
@@ -406,16 +430,16 @@ class SimscopeReporter:
                 job.live_ready = True
                 if not self.live_after and not job.live_sent:
                     self._send_live(job, report)
-        if report.failed:
+        if outcome == "failed":
             job.outcome = "failed"
             job.failures.append((when, report))
-        elif report.skipped and when == "call":
+        elif outcome == "skipped" and when == "call":
             if wasxfail is not None:
                 job.xfail = "xfailed"
             else:
                 job.outcome = "skipped" if job.outcome != "failed" else "failed"
                 job.skip_reason = _crash_summary(report.longrepr)
-        elif report.passed and when == "call" and wasxfail is not None:
+        elif outcome == "passed" and wasxfail is not None:
             job.xfail = "xpassed"
 
     def logfinish(self, nodeid: str) -> None:
@@ -455,39 +479,38 @@ class SimscopeReporter:
                 )
             return
         body = self._job_body(job, result)
-        if result != "skip":
-            compute = max(0, round(job.duration * 1000))
-            body["compute_ms"] = compute
-            stop = job.stop_epoch or time.time()
-            body["runtime_ms"] = max(compute, round((stop - job.start_epoch) * 1000))
+        start = job.start_epoch
         stop = job.stop_epoch or time.time()
-        body["finish_time"] = stamp(epoch_micros(max(stop, job.start_epoch)))
-        message = ""
-        if result == "fail":
-            message = self._failure_text(job, why)
+        if result != "skip":
+            compute = min(MAX_JOB_MS, max(0, round(job.duration * 1000)))
+            body["compute_ms"] = compute
+            body["runtime_ms"] = min(MAX_JOB_MS, max(compute, round((stop - start) * 1000)))
+        body["finish_time"] = stamp(epoch_micros(stop if stop > start else start))
+        message = self._failure_text(job, why) if result == "fail" else ""
         body["fail_message"] = message
-        metadata = list(self._base_metadata)
-        metadata.extend(job.metadata)
-        if job.xfail:
-            metadata.append(("pytest_outcome", job.xfail))
-        if result == "skip" and job.skip_reason:
-            metadata.append(("skip_reason", job.skip_reason[:300]))
-        if job.reruns:
-            metadata.append(("reruns", str(job.reruns)))
-        for outcome, count in sorted(job.subtests.items()):
-            metadata.append((f"subtests_{outcome}", str(count)))
+        metadata = self._job_metadata(job, result)
         if metadata:
             body["metadata"] = metadata
         if self.jobdir_root is not None:
             jobdir = self._write_log(job, message)
             if jobdir:
                 body["jobdir"] = jobdir
-        for name in ("compute_ms", "runtime_ms"):
-            if name in body:
-                body[name] = min(body[name], MAX_JOB_MS)
         self._finished += 1
         self._results[result] += 1
         self._publish_job("job-finish", body, job.last_report)
+
+    def _job_metadata(self, job: _Open, result: str) -> list[tuple[str, str]]:
+        metadata = self._base_metadata + job.metadata
+        if job.xfail:
+            metadata.append(("pytest_outcome", job.xfail))
+        if result == "skip" and job.skip_reason:
+            metadata.append(("skip_reason", job.skip_reason[:300]))
+        if job.reruns:
+            metadata.append(("reruns", str(job.reruns)))
+        if job.subtests:
+            for outcome, count in sorted(job.subtests.items()):
+                metadata.append((f"subtests_{outcome}", str(count)))
+        return metadata
 
     def _failure_text(self, job: _Open, why: str) -> str:
         limit = self.settings.fail_message_limit
