@@ -378,9 +378,8 @@ class SimscopeReporter:
             job.metadata = []
             job.sections = []
             job.subtests = {}
-        outcome = report.outcome
-        if not isinstance(outcome, str):
-            outcome = str(outcome)
+        # Not only pytest's three outcomes: pytest-rerunfailures adds "rerun".
+        outcome: str = str(report.outcome)
         if outcome == "rerun":  # pytest-rerunfailures' own outcome
             job.reruns += 1
             job.rerun_pending = True
