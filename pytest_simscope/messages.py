@@ -34,6 +34,10 @@ REGRESSION_TYPES = frozenset({"regr-start", "regr-update", "regr-finish"})
 JOB_TYPES = frozenset({"job-live", "job-finish", "batch-job-finish"})
 _TYPES = frozenset(MESSAGE_TYPES)
 
+# The attribute of a pytest report that carries what the reporter needs from the test's
+# item (marker fields, metadata added by the test), JSON-safe so xdist carries it.
+DATA_ATTR = "simscope_data"
+
 # Simscope rejects jobs longer than 24 days; clamp what we send so a clock jump on the
 # test machine cannot get a real result refused.
 MAX_JOB_MS = 24 * 24 * 3600 * 1000 - 1

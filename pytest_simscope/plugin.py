@@ -1,41 +1,30 @@
-"""The pytest glue: options, configure/unconfigure and the hooks that feed the reporter.
+"""The pytest entry point: options, configure/unconfigure, the marker and the fixture.
 
 The plugin is enabled only when a regression name is given.  In an xdist worker it only
 attaches what the controller needs to each report; the controller (or the only process)
-publishes.
+publishes, with the classes of :mod:`pytest_simscope.session`, imported only then.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import sys
-import uuid
 from collections.abc import Generator, Iterator
-from pathlib import Path
-from types import FrameType
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_simscope import hooks
 from pytest_simscope.ci import detect_ci
-from pytest_simscope.errors import PublishError, SettingsError
-from pytest_simscope.journal import Journal, recover
-from pytest_simscope.messages import _clean_str, metadata_pairs
-from pytest_simscope.publisher import Publisher, PublishStats
-from pytest_simscope.redact import mask_url, mask_urls, redact
-from pytest_simscope.reporter import DATA_ATTR, SimscopeReporter
-from pytest_simscope.settings import SPEC_BY_NAME, SPECS, Resolved, Settings, resolve, shown_value
-from pytest_simscope.transports.base import Transport
-from pytest_simscope.transports.network import with_credentials
-from pytest_simscope.transports.queue import GITIGNORE_TEXT, JOURNAL, OfflineQueue, write_atomic
-from pytest_simscope.transports.record import Recorder
+from pytest_simscope.errors import SettingsError
+from pytest_simscope.messages import DATA_ATTR, _clean_str, metadata_pairs
+from pytest_simscope.settings import SPEC_BY_NAME, SPECS, Resolved, resolve
+
+if TYPE_CHECKING:
+    from pytest_simscope.session import SimscopePlugin
 
 resolved_key = pytest.StashKey[Resolved]()
-plugin_key = pytest.StashKey["SimscopePlugin"]()
+plugin_key: pytest.StashKey[SimscopePlugin] = pytest.StashKey()
 metadata_key = pytest.StashKey[list[tuple[str, str]]]()
 marker_key = pytest.StashKey[dict[str, Any]]()
 
@@ -137,11 +126,14 @@ def pytest_configure(config: pytest.Config) -> None:
     if _is_worker(config):
         config.pluginmanager.register(WorkerSide(), "simscope-worker")
         return
-    plugin = SimscopePlugin(config, resolved)
+    # Only now: a run that does not publish never loads the publishing side.
+    from pytest_simscope import session
+
+    plugin = session.SimscopePlugin(config, resolved)
     config.stash[plugin_key] = plugin
     config.pluginmanager.register(plugin, "simscope-reporter")
     if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(XdistHooks(plugin), "simscope-xdist")
+        config.pluginmanager.register(session.XdistHooks(plugin), "simscope-xdist")
 
 
 @pytest.hookimpl
@@ -246,393 +238,3 @@ class WorkerSide:
         with contextlib.suppress(Exception):
             attach_data(item, report)
         return report
-
-
-class SimscopePlugin:
-    """The publishing side: owns the publisher and the reporter for one session.
-
-    Reports of tests run in this process get their data from the item being run (seen
-    in ``pytest_runtest_protocol``); reports from xdist workers carry it already.
-    """
-
-    def __init__(self, config: pytest.Config, resolved: Resolved) -> None:
-        self.config = config
-        self.resolved = resolved
-        self.settings: Settings = resolved.settings
-        self.reporter: SimscopeReporter | None = None
-        self.publisher: Publisher | None = None
-        self.stats: PublishStats | None = None
-        self.queue_root = self._queue_root()
-        self.destination = self._destination()
-        self.run_id = uuid.uuid4().hex[:12]
-        self.active = not (config.option.collectonly or getattr(config.option, "setupplan", False))
-        self._prev_sigterm: Any = None
-        self._sigterm_installed = False
-        self._got_sigterm = False
-        self._ticker_stop: Any = None
-        self._item: pytest.Item | None = None
-        self.recovered = 0
-        self._secrets = self._secret_values()
-        self._early_warnings: list[str] = []
-        self._failure = ""
-
-    # -- setup ---------------------------------------------------------------------------
-
-    def _queue_root(self) -> Path:
-        if self.settings.queue_dir:
-            root = Path(self.settings.queue_dir).expanduser()
-            if not root.is_absolute():
-                root = self.config.invocation_params.dir / root
-            return root
-        return self.config.rootpath / ".simscope" / "queue"
-
-    def _destination(self) -> str:
-        if self.settings.url:
-            return mask_url(self.settings.url)
-        return f"offline queue {self._rel(self.queue_root / 'outbox')}"
-
-    def _rel(self, path: Path) -> str:
-        """*path* relative to where pytest was started when it is below it, else whole."""
-        try:
-            relative = os.path.relpath(path, self.config.invocation_params.dir)
-        except ValueError:
-            return str(path)
-        return str(path) if relative.startswith("..") else relative
-
-    def _secret_values(self) -> list[str]:
-        secrets = [s for s in (self.settings.password,) if s]
-        if self.settings.url:
-            with contextlib.suppress(ValueError):
-                password = urlsplit(self.settings.url).password
-                if password:
-                    secrets.append(password)
-        return secrets
-
-    def _clean(self, text: str) -> str:
-        return redact(mask_urls(text), self._secrets)
-
-    def _make_transport(self, spool: OfflineQueue) -> Transport:
-        s = self.settings
-        if not s.url:
-            return spool
-        from pytest_simscope.transports.network import NetworkOptions, network_transport
-
-        options = NetworkOptions.from_settings(s.as_dict())
-        url = with_credentials(s.url, s.username, s.password)
-        return network_transport(url, options)
-
-    def _start_publisher(self) -> Publisher:
-        s = self.settings
-        spool = OfflineQueue(self.queue_root, run_id=self.run_id)
-        self._write_gitignore()
-        journal: Journal | None = None
-        try:
-            journal_dir = self.queue_root / JOURNAL
-            journal_dir.mkdir(parents=True, exist_ok=True)
-            self.recovered = recover(journal_dir, spool)
-            journal = Journal(journal_dir, self.run_id)
-        except (OSError, PublishError) as exc:
-            journal = None
-            self._early_warnings.append(f"journal unavailable: {exc}")
-        try:
-            transport = self._make_transport(spool)
-        except (PublishError, SettingsError) as exc:
-            self._early_warnings.append(f"{exc}; using the offline queue")
-            transport = spool
-        taps: list[Transport] = []
-        if s.record:
-            path = Path(s.record).expanduser()
-            if not path.is_absolute():
-                path = self.config.invocation_params.dir / path
-            try:
-                taps.append(Recorder(path))
-            except PublishError as exc:
-                self._early_warnings.append(str(exc))
-        publisher = Publisher(
-            transport,
-            spool=spool,
-            taps=taps,
-            journal=journal,
-            batch_size=s.batch_size,
-            max_pending=s.max_pending,
-            # No warn callback: warnings are collected and shown in the summary, so the
-            # sender thread never writes into pytest's progress output.
-            retry_budget=s.retry_budget,
-        )
-        for message in self._early_warnings:
-            publisher._note(message)
-        publisher.start()
-        return publisher
-
-    def _write_gitignore(self) -> None:
-        if self.settings.queue_dir:
-            return
-        top = self.queue_root.parent
-        with contextlib.suppress(OSError):
-            top.mkdir(parents=True, exist_ok=True)
-            ignore = top / ".gitignore"
-            if not ignore.exists():
-                write_atomic(ignore, GITIGNORE_TEXT.encode("utf-8"))
-
-    # -- session -------------------------------------------------------------------------
-
-    @pytest.hookimpl
-    def pytest_sessionstart(self, session: pytest.Session) -> None:
-        if not self.active:
-            return
-        try:
-            self.publisher = self._start_publisher()
-            seed = None
-            if self.config.pluginmanager.hasplugin("randomly"):
-                value = getattr(self.config.option, "randomly_seed", None)
-                if isinstance(value, int):
-                    seed = str(value)
-            hook = self.config.hook.pytest_simscope_job
-            self.reporter = SimscopeReporter(
-                self.config,
-                self.resolved,
-                self.publisher,
-                job_hook=hook if hook.get_hookimpls() else None,
-                seed=seed,
-                dist_each=getattr(self.config.option, "dist", "no") == "each",
-                secrets=self._secrets,
-            )
-            self.reporter.start()
-        except Exception as exc:  # publishing must never stop the tests
-            self.active = False
-            self._failure = f"pytest-simscope could not start: {type(exc).__name__}: {exc}"
-            return
-        self._install_sigterm()
-        if self.settings.heartbeat > 0 or self.settings.live_after > 0:
-            self._start_ticker(self.settings.live_after, self.settings.heartbeat)
-
-    def _guard(self, what: str, func: Any, *args: Any) -> None:
-        if self.reporter is None:
-            return
-        try:
-            func(*args)
-        except Exception as exc:
-            if self.publisher is not None:
-                self.publisher._note(f"internal error in {what}: {type(exc).__name__}: {exc}")
-
-    @pytest.hookimpl
-    def pytest_collection_finish(self, session: pytest.Session) -> None:
-        if self.reporter is not None:
-            self._guard("collection", self.reporter.set_submitted, len(session.items))
-
-    @pytest.hookimpl
-    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
-        if report.failed and self.reporter is not None:
-            self._guard("collection report", self.reporter.collect_failed, report)
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_protocol(
-        self, item: pytest.Item, nextitem: pytest.Item | None
-    ) -> Generator[None, object, object]:
-        self._item = item
-        try:
-            return (yield)
-        finally:
-            self._item = None
-
-    @pytest.hookimpl
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self.reporter is None:
-            return
-        item = self._item
-        if item is not None and report.when != "call" and item.nodeid == report.nodeid:
-            # One plain hook a test instead of a makereport wrapper on all three phases.
-            with contextlib.suppress(Exception):
-                attach_data(item, report)
-        self._guard("test report", self.reporter.logreport, report)
-
-    @pytest.hookimpl
-    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
-        if self.reporter is not None:
-            self._guard("test finish", self.reporter.logfinish, nodeid)
-
-    @pytest.hookimpl(trylast=True)  # after other plugins changed the exit status
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        self._stop_ticker()
-        if self.reporter is None or self.publisher is None:
-            return
-        self._guard("session finish", self.reporter.finish, exitstatus)
-        try:
-            self.stats = self.publisher.close(self.settings.flush_timeout)
-        except Exception as exc:
-            self._failure = f"closing the publisher failed: {type(exc).__name__}: {exc}"
-        self._restore_sigterm()
-        strict_fail = (
-            self.settings.strict and self.stats is not None and self._undelivered(self.stats)
-        )
-        if strict_fail and session.exitstatus == 0:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-    def _undelivered(self, stats: PublishStats) -> bool:
-        if stats.lost:
-            return True
-        return bool(self.settings.url) and stats.queued > 0
-
-    # -- terminal ------------------------------------------------------------------------
-
-    @pytest.hookimpl
-    def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        where = self.destination
-        if self.settings.shard:
-            where += f", shard {self.settings.shard}"
-        lines = [f"simscope: regression {self.settings.regression} -> {where}"]
-        if not self.active:
-            lines[0] += " (not publishing: collection only)"
-        if config.option.verbose > 0:
-            for spec in SPECS:
-                value = getattr(self.settings, spec.name)
-                source = self.resolved.sources.get(spec.name, "default")
-                lines.append(f"  simscope {spec.name} = {shown_value(spec, value)} ({source})")
-        return [self._clean(line) for line in lines]
-
-    @pytest.hookimpl
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        for line in self.summary_lines():
-            terminalreporter.write_line(self._clean(line))
-
-    def summary_lines(self) -> list[str]:
-        if self._failure:
-            return [f"simscope: {self._failure}"]
-        stats = self.stats
-        if stats is None or self.reporter is None:
-            return []
-        results = self.reporter.results
-        total = sum(results.values())
-        jobs = f"{total} job" if total == 1 else f"{total} jobs"
-        counts = f"{results['pass']} pass, {results['fail']} fail, {results['skip']} skip"
-        outbox = self._rel(self.queue_root / "outbox")
-        queue_arg = self._rel(self.queue_root)
-        if not self.settings.url:
-            line = (
-                f"simscope: {jobs} ({counts}) of {self.settings.regression} queued in "
-                f"{outbox} ({stats.queued} messages); deliver with: "
-                f"pytest-simscope drain {queue_arg} --url URL"
-            )
-        elif stats.queued or stats.lost:
-            line = (
-                f"simscope: {jobs} ({counts}) of {self.settings.regression}: "
-                f"{stats.delivered} messages delivered to {self.destination}, {stats.queued} "
-                f"queued in {outbox}; deliver with: pytest-simscope drain {queue_arg} "
-                f"--url {mask_url(self.settings.url)}"
-            )
-        else:
-            line = (
-                f"simscope: {jobs} ({counts}) of {self.settings.regression} published: "
-                f"{stats.delivered} messages delivered to {self.destination}"
-            )
-        lines = [line]
-        if self.recovered:
-            lines.append(
-                f"simscope: recovered {self.recovered} unsent messages of an earlier run "
-                f"into {outbox}"
-            )
-        if stats.lost:
-            lines.append(f"simscope: warning: {stats.lost} messages could not be queued")
-        seen: set[str] = set()
-        for warning in stats.warnings:
-            if warning not in seen:
-                seen.add(warning)
-                lines.append(f"simscope: warning: {warning}")
-            if len(seen) >= 5 and self.config.option.verbose <= 0:
-                break
-        return lines
-
-    # -- signals and the ticker ------------------------------------------------------------
-
-    def _install_sigterm(self) -> None:
-        if not hasattr(signal, "SIGTERM"):
-            return
-        try:
-            previous = signal.getsignal(signal.SIGTERM)
-            if previous not in (signal.SIG_DFL, None):
-                return  # someone else handles SIGTERM: leave it to them
-            signal.signal(signal.SIGTERM, self._on_sigterm)
-        except ValueError:  # not the main thread
-            return
-        self._prev_sigterm = previous
-        self._sigterm_installed = True
-
-    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        self._got_sigterm = True
-        self._restore_sigterm()
-        raise KeyboardInterrupt("SIGTERM")
-
-    def _restore_sigterm(self) -> None:
-        if self._sigterm_installed:
-            self._sigterm_installed = False
-            with contextlib.suppress(ValueError):
-                signal.signal(signal.SIGTERM, self._prev_sigterm or signal.SIG_DFL)
-
-    def reraise_sigterm(self) -> None:
-        """After a SIGTERM was turned into a clean end, die of it as pytest would have."""
-        if self._got_sigterm and os.environ.get("PYTEST_SIMSCOPE_NO_REKILL") != "1":
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    def _start_ticker(self, live_after: float, heartbeat: float) -> None:
-        """One thread for what runs on a clock: late live jobs and heartbeats."""
-        import threading
-        import time
-
-        stop = threading.Event()
-        self._ticker_stop = stop
-        periods = [p for p in (live_after, heartbeat) if p > 0]
-        tick = min(1.0, max(0.01, min(periods)))
-
-        def run() -> None:
-            next_beat = time.monotonic() + heartbeat
-            while not stop.wait(tick):
-                reporter = self.reporter
-                if reporter is None:
-                    continue
-                with contextlib.suppress(Exception):
-                    if live_after > 0:
-                        reporter.send_due_live()
-                    if heartbeat > 0 and time.monotonic() >= next_beat:
-                        next_beat = time.monotonic() + heartbeat
-                        reporter.heartbeat(heartbeat)
-
-        threading.Thread(target=run, name="simscope-ticker", daemon=True).start()
-
-    def _stop_ticker(self) -> None:
-        if self._ticker_stop is not None:
-            self._ticker_stop.set()
-            self._ticker_stop = None
-
-    def shutdown(self) -> None:
-        """Last resort at unconfigure: close whatever sessionfinish did not."""
-        self._stop_ticker()
-        self._restore_sigterm()
-        if self.publisher is not None and self.stats is None:
-            with contextlib.suppress(Exception):
-                if self.reporter is not None:
-                    self.reporter.finish(pytest.ExitCode.INTERNAL_ERROR)
-                self.stats = self.publisher.close(self.settings.flush_timeout)
-
-
-class XdistHooks:
-    """Hooks that exist only when pytest-xdist is installed (controller side)."""
-
-    def __init__(self, plugin: SimscopePlugin) -> None:
-        self.plugin = plugin
-
-    @pytest.hookimpl
-    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
-        reporter = self.plugin.reporter
-        if reporter is not None:
-            worker = str(getattr(getattr(node, "gateway", None), "id", "?"))
-            self.plugin._guard("xdist collection", reporter.worker_collected, worker, len(ids))
-
-    @pytest.hookimpl
-    def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        reporter = self.plugin.reporter
-        if reporter is not None and error:
-            worker = str(getattr(getattr(node, "gateway", None), "id", "?"))
-            self.plugin._guard("xdist worker down", reporter.worker_down, worker, error)

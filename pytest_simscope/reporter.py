@@ -27,6 +27,7 @@ import pytest
 from pytest_simscope.failures import fail_message, first_line
 from pytest_simscope.identity import StartClock, job_slug, make_uniqueid, safe_slug
 from pytest_simscope.messages import (
+    DATA_ATTR,
     MAX_JOB_MS,
     Envelope,
     MessageType,
@@ -39,7 +40,6 @@ from pytest_simscope.publisher import Publisher
 from pytest_simscope.redact import mask_urls, redact
 from pytest_simscope.settings import Resolved
 
-DATA_ATTR = "simscope_data"
 _PHASE_PREFIX = {"setup": "setup error: ", "teardown": "teardown error: ", "subtest": ""}
 
 
