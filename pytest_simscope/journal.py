@@ -39,7 +39,11 @@ def _lock(handle: IO[Any] | int) -> bool:
     return True
 
 
-_GROWTH = 1 << 20
+# The journal maps only a window of its file at a time: pages already written leave the
+# process's memory (the kernel still holds them) instead of adding to it for every test.
+_WINDOW = max(1 << 20, mmap.ALLOCATIONGRANULARITY)
+# The file is grown in steps of this much (zero bytes that no reader takes for a line).
+_GROWTH = 4 << 20
 
 
 class Journal:
@@ -48,8 +52,10 @@ class Journal:
     Messages are copied into a shared memory map of the journal file: the kernel owns
     those pages, so they outlive a killed process without a system call per message (a
     plain write per message costs more than the test it reports on, on some machines).
-    The file is grown in steps; the unused tail holds zero bytes, which no reader takes
-    for a message.  Where memory maps are not available, each line is written instead.
+    Only a window of the file around the end is mapped, so a long run's journal does not
+    stay in the process's memory.  The file is grown in steps; the unused tail holds zero
+    bytes, which no reader takes for a message.  Where memory maps are not available, each
+    line is written instead.
     """
 
     def __init__(self, directory: Path, run_id: str) -> None:
@@ -62,7 +68,9 @@ class Journal:
         hidden = directory / f".{run_id}.{os.getpid()}.jsonl.new"
         self._fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         self._map: mmap.mmap | None = None
-        self._size = 0
+        self._size = 0  # of the file
+        self._base = 0  # the file offset where the mapped window starts
+        self._end = 0  # and where it ends
         self._pos = 0
         try:
             _lock(self._fd)
@@ -74,19 +82,26 @@ class Journal:
                 hidden.unlink()
             raise
         with contextlib.suppress(OSError, ValueError):
-            self._grow(_GROWTH)
+            self._map_window(0, 0)
         self._acked = 0
         self._closed = False
         # The encoded '"type":...,"regression":...' part of a line, by type and regression.
         self._heads: dict[tuple[str, str], bytes] = {}
 
-    def _grow(self, size: int) -> None:
+    def _map_window(self, pos: int, need: int) -> None:
+        """Map a window that starts at or before *pos* and holds *need* bytes from it."""
         if self._map is not None:
             self._map.close()
             self._map = None
-        os.ftruncate(self._fd, size)
-        self._size = size
-        self._map = mmap.mmap(self._fd, size)
+        base = pos - pos % mmap.ALLOCATIONGRANULARITY
+        length = max(_WINDOW, -(-(pos + need - base) // _WINDOW) * _WINDOW)
+        if base + length > self._size:
+            size = max(base + length, self._size + _GROWTH)
+            os.ftruncate(self._fd, size)
+            self._size = size
+        self._map = mmap.mmap(self._fd, length, offset=base)
+        self._base = base
+        self._end = base + length
 
     def append(self, seq: int, envelope: Envelope) -> None:
         # The body's bytes are the ones that go on the wire: encoded once.
@@ -101,16 +116,17 @@ class Journal:
         with self._lock:
             if self._closed:
                 return
-            end = self._pos + len(data)
-            if self._map is not None and end > self._size:
+            pos = self._pos
+            end = pos + len(data)
+            if self._map is not None and end > self._end:
                 try:
-                    self._grow(max(self._size * 2, end + _GROWTH))
+                    self._map_window(pos, len(data))
                 except (OSError, ValueError):
                     self._fall_back()
             if self._map is not None:
-                self._map[self._pos : end] = data
+                self._map[pos - self._base : end - self._base] = data
             else:
-                os.pwrite(self._fd, data, self._pos)
+                os.pwrite(self._fd, data, pos)
             self._pos = end
 
     def _fall_back(self) -> None:

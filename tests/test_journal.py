@@ -176,9 +176,12 @@ WRITER = textwrap.dedent(
 
     directory, mode = Path(sys.argv[1]), sys.argv[4]
     count, acked = int(sys.argv[2]), int(sys.argv[3])
+    pad = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     journal = Journal(directory, "killed")
     for seq in range(1, count + 1):
         body = {"category": "pytest", "uniqueid": f"t::{seq}", "result": "live"}
+        if pad:
+            body["config"] = "é" * (pad + seq % 97)
         journal.append(seq, Envelope(type="job-live", regression="r/1", body=body))
         if seq == acked:
             journal.ack(seq)
@@ -190,9 +193,11 @@ WRITER = textwrap.dedent(
 )
 
 
-def start_writer(directory: Path, count: int, acked: int, mode: str) -> subprocess.Popen[str]:
+def start_writer(
+    directory: Path, count: int, acked: int, mode: str, pad: int = 0
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(directory), str(count), str(acked), mode],
+        [sys.executable, "-c", WRITER, str(directory), str(count), str(acked), mode, str(pad)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -211,6 +216,23 @@ def test_killed_process(tmp_path: Path) -> None:
         f"t::{seq}" for seq in range(21, 51)
     ]
     assert list(journal_dir.iterdir()) == []
+
+
+def test_killed_process_with_a_journal_many_windows_long(tmp_path: Path) -> None:
+    """Lines written through several successive memory-map windows (and across the
+    boundaries between them) all survive the kill."""
+    journal_dir = tmp_path / "journal"
+    writer = start_writer(journal_dir, 9000, 1000, "kill", pad=400)
+    writer.communicate(timeout=120)
+    assert writer.returncode == -signal.SIGKILL
+    assert (journal_dir / "killed.jsonl").stat().st_size > 6_000_000
+    sink = Sink()
+    assert recover(journal_dir, sink) == 8000
+    assert uniqueids(sink.sent) == [f"t::{seq}" for seq in range(1001, 9001)]
+    assert all(
+        isinstance(e.body, dict) and e.body["config"] == "é" * (400 + int(seq) % 97)
+        for e, seq in zip(sink.sent, range(1001, 9001), strict=True)
+    )
 
 
 def test_journal_of_a_running_process_is_left_alone(tmp_path: Path) -> None:
