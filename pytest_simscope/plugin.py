@@ -228,13 +228,32 @@ def attach_data(item: pytest.Item, report: pytest.TestReport) -> None:
 
 
 class WorkerSide:
-    """In an xdist worker: attach data to reports, publish nothing."""
+    """In an xdist worker: attach data to reports (before xdist sends them), publish nothing.
+
+    The item being run is seen once, in ``pytest_runtest_protocol``; its setup and
+    teardown reports get the data the controller's reporter needs.
+    """
+
+    def __init__(self) -> None:
+        self._item: pytest.Item | None = None
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, object, object]:
+        self._item = item
+        try:
+            return (yield)
+        finally:
+            self._item = None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        attach_running(self._item, report)
+
+
+def attach_running(item: pytest.Item | None, report: pytest.TestReport) -> None:
+    """:func:`attach_data` for a report of *item*, the test being run in this process."""
+    if item is not None and report.when != "call" and item.nodeid == report.nodeid:
         with contextlib.suppress(Exception):
             attach_data(item, report)
-        return report

@@ -21,7 +21,7 @@ import pytest
 
 from pytest_simscope.errors import PublishError, SettingsError
 from pytest_simscope.journal import Journal, recover
-from pytest_simscope.plugin import attach_data
+from pytest_simscope.plugin import attach_running
 from pytest_simscope.publisher import Publisher, PublishStats
 from pytest_simscope.redact import mask_url, mask_urls, redact
 from pytest_simscope.reporter import SimscopeReporter
@@ -223,11 +223,7 @@ class SimscopePlugin:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.reporter is None:
             return
-        item = self._item
-        if item is not None and report.when != "call" and item.nodeid == report.nodeid:
-            # One plain hook a test instead of a makereport wrapper on all three phases.
-            with contextlib.suppress(Exception):
-                attach_data(item, report)
+        attach_running(self._item, report)
         self._guard("test report", self.reporter.logreport, report)
 
     @pytest.hookimpl
