@@ -77,17 +77,9 @@ def assert_clean(root: Path) -> None:
 def frozen_now(monkeypatch: pytest.MonkeyPatch) -> dt.datetime:
     """Every entry is made in the same second."""
     moment = dt.datetime(2026, 2, 10, 14, 30, 22, 500_000, tzinfo=dt.timezone.utc)
-
-    class Frozen(dt.datetime):
-        @classmethod
-        def now(cls, tz: dt.tzinfo | None = None) -> Frozen:
-            return moment  # type: ignore[return-value]
-
-    class FrozenModule:
-        datetime = Frozen
-        timezone = dt.timezone
-
-    monkeypatch.setattr(queue_module, "dt", FrozenModule)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    nanoseconds = (moment - epoch) // dt.timedelta(microseconds=1) * 1000
+    monkeypatch.setattr(queue_module, "_now_ns", lambda: nanoseconds)
     return moment
 
 
@@ -301,6 +293,76 @@ def test_only_complete_entries_are_ever_seen(tmp_path: Path) -> None:
         watcher.join()
     assert problems == []
     assert len(seen) > 1
+    assert_clean(tmp_path)
+
+
+# --- the bytes of job.json ----------------------------------------------------------------------
+
+ODD_TEXT = [
+    "tests/日本語.py::テスト[ü]",
+    "\udcff\udcfe.py::x[\udc80]",
+    "tests/a.py::t[\x00nul\x00]",
+    'q"uo\\te\n\t\u2028',
+    "<too deep>",
+    "\U0001f600 \ud83d",
+]
+
+
+def test_job_json_is_the_encoded_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, frozen_now: dt.datetime
+) -> None:
+    """job.json, assembled around each body's own bytes, is exactly _encode(manifest)."""
+    written: list[bytes] = []
+    assemble = queue_module._Entry.data
+
+    def checked(entry: queue_module._Entry, end: bytes) -> bytes:
+        data = assemble(entry, end)
+        assert data == queue_module._encode(entry.manifest)
+        written.append(data)
+        return data
+
+    monkeypatch.setattr(queue_module._Entry, "data", checked)
+    loop: dict[str, Any] = {"n": 1}
+    loop["self"] = loop  # cut by dumps: at another depth alone than inside a manifest
+    queue = OfflineQueue(tmp_path, run_id="ü\udcff\x00", run_started="2026\x00ü",
+                         created_by='me "\udcff"')
+    for text in ODD_TEXT:
+        regression = f"r/{text}"
+        queue.send([regr("regr-start", regression=regression, pending=True, note=text)])
+        first = live(text, text, regression)
+        first.body_bytes()  # encoded before, as the journal leaves it
+        queue.send([first, finish(text, "fail", text, regression)])
+        queue.send([Envelope.batch(regression, [finish(text + "1", regression=regression),
+                                                finish(text + "2", "skip", "\x00")])])
+        queue.send([Envelope("job-live", regression, {"uniqueid": text + "3", "self": loop}),
+                    Envelope("job-finish", regression, {"uniqueid": text + "3", "n": 1.5})])
+        queue.send([Envelope("job-finish", regression, {"result": text, "big": 10**30}),
+                    Envelope("job-live", regression, [{"uniqueid": text}]),
+                    Envelope("job-finish", regression, None)])
+        queue.send([regr("regr-finish", regression=regression, pending=False)])
+    found = entries(tmp_path)
+    assert len(found) == len(ODD_TEXT) * 8
+    for name, entry in found.items():
+        data = (tmp_path / OUTBOX / name / ENTRY_FILE).read_bytes()
+        assert data in written
+        assert entry["job_id"] == name
+        assert entry["created_at"] == "2026-02-10T14:30:22Z"
+        assert entry.get("updated_at", entry["created_at"]) == entry["created_at"]
+    records = read_outbox(tmp_path)
+    assert [r["body"].get("uniqueid") for r in records if r["type"] == "job-finish"
+            and isinstance(r["body"], dict)][:5] == [ODD_TEXT[0] + suffix for suffix in
+                                                     ("", "1", "2", "3")] + [None]
+    assert_clean(tmp_path)
+
+
+def test_a_body_that_cannot_be_encoded_leaves_nothing(tmp_path: Path) -> None:
+    queue = OfflineQueue(tmp_path)
+    body: dict[Any, Any] = {"uniqueid": "t::a", (1, 2): "a key JSON cannot have"}
+    with pytest.raises(TypeError):
+        queue.send([Envelope("job-finish", REGRESSION, body)])
+    assert queue.delivered == 0
+    queue.send([finish("t::b")])
+    assert [entry["uniqueid"] for entry in entries(tmp_path).values()] == ["t::b"]
     assert_clean(tmp_path)
 
 
