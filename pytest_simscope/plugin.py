@@ -227,12 +227,8 @@ def attach_data(item: pytest.Item, report: pytest.TestReport) -> None:
         setattr(report, DATA_ATTR, data)
 
 
-class WorkerSide:
-    """In an xdist worker: attach data to reports (before xdist sends them), publish nothing.
-
-    The item being run is seen once, in ``pytest_runtest_protocol``; its setup and
-    teardown reports get the data the controller's reporter needs.
-    """
+class RunningItem:
+    """Knows the item this process is running (one hook call a test, not one a report)."""
 
     def __init__(self) -> None:
         self._item: pytest.Item | None = None
@@ -246,6 +242,14 @@ class WorkerSide:
             return (yield)
         finally:
             self._item = None
+
+
+class WorkerSide(RunningItem):
+    """In an xdist worker: attach data to reports (before xdist sends them), publish nothing.
+
+    The setup and teardown reports of the running item get the data the controller's
+    reporter needs.
+    """
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

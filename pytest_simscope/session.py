@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Generator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -21,7 +20,7 @@ import pytest
 
 from pytest_simscope.errors import PublishError, SettingsError
 from pytest_simscope.journal import Journal, recover
-from pytest_simscope.plugin import attach_running
+from pytest_simscope.plugin import RunningItem, attach_running
 from pytest_simscope.publisher import Publisher, PublishStats
 from pytest_simscope.redact import mask_url, mask_urls, redact
 from pytest_simscope.reporter import SimscopeReporter
@@ -32,11 +31,11 @@ from pytest_simscope.transports.queue import GITIGNORE_TEXT, JOURNAL, OfflineQue
 from pytest_simscope.transports.record import Recorder
 
 
-class SimscopePlugin:
+class SimscopePlugin(RunningItem):
     """The publishing side: owns the publisher and the reporter for one session.
 
-    Reports of tests run in this process get their data from the item being run (seen
-    in ``pytest_runtest_protocol``); reports from xdist workers carry it already.
+    Reports of tests run in this process get their data from the item being run (see
+    :class:`~pytest_simscope.plugin.RunningItem`); reports from xdist workers carry it.
     """
 
     def __init__(self, config: pytest.Config, resolved: Resolved) -> None:
@@ -54,7 +53,7 @@ class SimscopePlugin:
         self._sigterm_installed = False
         self._got_sigterm = False
         self._ticker_stop: Any = None
-        self._item: pytest.Item | None = None
+        super().__init__()
         self.recovered = 0
         self._secrets = self._secret_values()
         self._early_warnings: list[str] = []
@@ -208,16 +207,6 @@ class SimscopePlugin:
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed and self.reporter is not None:
             self._guard("collection report", self.reporter.collect_failed, report)
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_protocol(
-        self, item: pytest.Item, nextitem: pytest.Item | None
-    ) -> Generator[None, object, object]:
-        self._item = item
-        try:
-            return (yield)
-        finally:
-            self._item = None
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
