@@ -5,8 +5,8 @@ instructions a run executes barely moves, so it tells the work the plugin adds a
 the waiting the machine imposes.  Every variant is a fresh ``python -m pytest`` child run
 under ``valgrind --tool=callgrind --callgrind-out-file=/dev/null``, which prints
 ``==PID== Collected : N`` on stderr when the child exits.  Callgrind serializes threads, so
-the sender thread's work is counted but not any overlap with the tests; a run is about 60
-times slower than native (1,000 trivial tests: ~70 s).
+the sender thread's work is counted but not any overlap with the tests; a run is 50-100
+times slower than native (1,000 trivial tests: 40-50 s here).
 
 The suite, the children's arguments and environment are those of ``bench_overhead.py``:
 
@@ -25,13 +25,20 @@ Each plugin run is checked in a simple form: exit status 0 and the plugin's summ
 counting every test (all delivered for ``amqp``/``http``, all queued for ``offline``).
 
 The children get ``PYTHONHASHSEED=0`` so that set and dict orders, and with them the
-counts, are the same from run to run.
+counts, are the same from run to run, and a bytecode cache of the benchmark's own
+(``PYTHONPYCACHEPREFIX``, with ``PYTHONDONTWRITEBYTECODE`` removed) that one native run of
+every variant and size fills before anything is counted, so that no counted run compiles
+the plugin or rewrites the test file.  The repository is shared and its package may change
+while a run lasts: ``--snapshot HEAD`` measures the package as committed (exported with
+``git archive`` and put first on the children's ``PYTHONPATH``); without it the working tree
+is measured and a change of the code during the run is reported.
 
 Usage::
 
     python benchmarks/bench_instructions.py                       # 200 and 1,000 tests
     python benchmarks/bench_instructions.py --tests 500 --only amqp --jobs 2
     python benchmarks/bench_instructions.py --sizes 1000          # one size: no split
+    python benchmarks/bench_instructions.py --snapshot HEAD       # the committed package
 """
 
 from __future__ import annotations
@@ -96,19 +103,66 @@ class Count:
     check: str
 
 
-def child_env() -> dict[str, str]:
-    """bench_overhead's clean environment, with a fixed hash seed for repeatable counts."""
+def child_env(pycache: Path, snapshot: Path | None = None) -> dict[str, str]:
+    """bench_overhead's clean environment, with a fixed hash seed for repeatable counts, a
+    bytecode cache of our own, and the *snapshot* of the package first on the path when
+    there is one.
+
+    Children may write bytecode, but only under *pycache* (``PYTHONPYCACHEPREFIX``): with
+    ``PYTHONDONTWRITEBYTECODE`` set, every run would compile again the modules that pytest's
+    assertion rewriter loads (those of installed pytest plugins: hypothesis's take 4.5 G
+    instructions) and a working tree's modules that have no bytecode, a cost of the machine.
+    """
     env = clean_env()
     env["PYTHONHASHSEED"] = "0"
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    if snapshot is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(snapshot), env.get("PYTHONPATH", "")) if p
+        )
     return env
 
 
-def run_callgrind(argv: Sequence[str], cwd: Path, timeout: float) -> tuple[int, float, str, str]:
-    """Run *argv* under callgrind: exit code, wall seconds, stdout, stderr."""
+def export_snapshot(rev: str, dest: Path) -> str:
+    """Write the package as committed at *rev* into *dest* (``git archive``); its short id.
+
+    The repository is shared: other sessions edit and commit the package while a run lasts
+    (minutes), and a line through two sizes measured on different code means
+    nothing.  The editable install's import hook comes after ``PYTHONPATH`` on the path, so
+    the children import this copy.
+    """
+    root = HERE.parent
+    short = subprocess.run(
+        ["git", "rev-parse", "--short", "--verify", f"{rev}^{{commit}}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", short, "pytest_simscope"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return short
+
+
+def run_child(
+    argv: Sequence[str], cwd: Path, env: dict[str, str], timeout: float, *, callgrind: bool
+) -> tuple[int, float, str, str]:
+    """Run *argv*, under callgrind or natively: exit code, wall seconds, stdout, stderr."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(
-            [*VALGRIND, *argv], cwd=cwd, env=child_env(), stdout=out, stderr=err
+            [*VALGRIND, *argv] if callgrind else list(argv),
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=err,
         )
         watchdog = threading.Timer(timeout, proc.kill)
         watchdog.start()
@@ -164,6 +218,13 @@ class Instructions:
         self.suites = {n: write_suite(workdir / f"n{n}", "trivial", n, "pass") for n in self.sizes}
         self.queues: dict[tuple[str, int], BenchQueue] = {}
         self.counts: list[Count] = []
+        self.snapshot: Path | None = None
+        self.code = code_state()
+        if args.snapshot:
+            self.snapshot = workdir / "snapshot"
+            rev = export_snapshot(args.snapshot, self.snapshot)
+            self.code = f"{rev} (pytest_simscope exported with git archive)"
+        self.env = child_env(workdir / "pycache", self.snapshot)
         self._lock = threading.Lock()
         self._serial = 0
 
@@ -205,7 +266,7 @@ class Instructions:
             args.append(f"--simscope-amqp-queue={self.queues[variant, tests].name}")
         return args
 
-    def run_one(self, variant: str, tests: int) -> Count:
+    def run_one(self, variant: str, tests: int, *, callgrind: bool = True) -> Count:
         queue_dir = self.workdir / "queues" / f"{variant}-{tests}"
         shutil.rmtree(queue_dir, ignore_errors=True)
         queue = self.queues.get((variant, tests))
@@ -213,11 +274,13 @@ class Instructions:
             broker_up(wait=BROKER_WAIT)
             queue.purge()
         argv = [sys.executable, "-m", "pytest", *self.variant_args(variant, tests, queue_dir)]
-        rc, wall, out, err = run_callgrind(argv, self.suites[tests], self.args.timeout)
+        rc, wall, out, err = run_child(
+            argv, self.suites[tests], self.env, self.args.timeout, callgrind=callgrind
+        )
         collected = _COLLECTED.findall(err)
         output = out + err
         problems = check_output(variant, tests, rc, output)
-        if not collected:
+        if callgrind and not collected:
             problems.append("no 'Collected' line from callgrind")
         problems += [w.removeprefix("simscope: ") for w in plugin_warnings(output)]
         if problems and rc != 0:
@@ -240,7 +303,19 @@ class Instructions:
             check=check,
         )
 
+    def warm_up(self) -> None:
+        """Every run once natively, unmeasured: bytecode written, the test files rewritten."""
+        start = time.perf_counter()
+        for n in self.sizes:
+            for variant in self.variants:
+                count = self.run_one(variant, n, callgrind=False)
+                if not count.ok:
+                    print(f"# warm-up {n} tests {variant}: {count.check}", flush=True)
+        took = time.perf_counter() - start
+        print(f"# warm-up: every run once natively, {took:.1f} s", flush=True)
+
     def run(self) -> None:
+        self.warm_up()
         tasks = [(v, n) for n in self.sizes for v in self.variants]
 
         def one(task: tuple[str, int]) -> Count:
@@ -368,6 +443,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1800.0,
         help="kill a child after this many seconds (default 1800)",
     )
+    parser.add_argument(
+        "--snapshot",
+        metavar="REV",
+        help="measure the package as committed at REV (e.g. HEAD), exported with git archive,"
+        " instead of the working tree that others may be editing",
+    )
     parser.add_argument("--json", type=Path, help="also write the table and the counts here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
@@ -393,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with Instructions(args, workdir) as bench:
             sizes = " and ".join(str(n) for n in args.sizes)
-            print(f"# code: {code_state()}", flush=True)
+            print(f"# code: {bench.code}", flush=True)
             print(
                 f"# pytest-simscope instructions: {sizes} trivial tests;"
                 f" {', '.join(bench.variants)}; {version} (callgrind);"
@@ -403,6 +484,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# load average at start: {load_average()}", flush=True)
             bench.run()
             print(f"# load average at end: {load_average()}", flush=True)
+            if bench.snapshot is None and code_state() != bench.code:
+                print(
+                    f"# WARNING: the code changed during the run (now {code_state()});"
+                    " the counts may mix versions: --snapshot HEAD measures one commit",
+                    flush=True,
+                )
             rows = bench.table()
         print()
         print_table(rows, args.sizes)
@@ -410,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.json.write_text(
                 json.dumps(
                     {
-                        "code": code_state(),
+                        "code": bench.code,
                         "python": sys.version.split()[0],
                         "sizes": args.sizes,
                         "rows": rows,

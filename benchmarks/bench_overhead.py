@@ -86,11 +86,19 @@ class Run:
     output: str
 
 
+# Children keep compiled modules here: with PYTHONDONTWRITEBYTECODE set (as on some CI
+# machines), every run would compile the plugin (and pytest's rewritten plugins) afresh,
+# which an installed package never does.  The warm-up runs fill it.
+PYCACHE = Path(tempfile.gettempdir()) / "pytest-simscope-bench-pycache"
+
+
 def clean_env() -> dict[str, str]:
     """The environment for children: none of our settings leak in from the caller's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMSCOPE_")}
     env.pop("PYTEST_ADDOPTS", None)
     env.pop("PYTEST_PLUGINS", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
     return env
 
 
@@ -515,8 +523,10 @@ class Overhead:
         print(f"# file-system probe at start: {fs_probe():.0f} us per entry", flush=True)
         for suite in self.suites:
             for _ in range(self.args.warmup):
-                warm = self.run_one(suite, "bare")
-                print(f"warm-up {suite:8} bare {warm.run.wall:7.3f} s", flush=True)
+                # Every variant once: each imports (and so compiles) different modules.
+                for variant in self.variants:
+                    warm = self.run_one(suite, variant)
+                    print(f"warm-up {suite:8} {variant:8} {warm.run.wall:7.3f} s", flush=True)
         for index in range(rounds):
             for suite in self.suites:
                 k = index % len(self.variants)
@@ -609,7 +619,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="pytest-simscope overhead against bare pytest")
     parser.add_argument("--rounds", type=int, default=5, help="runs of each variant (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed bare runs per suite first")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed runs of every variant per suite first"
+    )
     parser.add_argument(
         "--only",
         action="append",
