@@ -108,8 +108,8 @@ class _Open:
         self.rerun_pending = False
 
 
-def _worker_of(report: Any, extra: dict[str, Any]) -> str | None:
-    """The xdist worker that sent *report* (None in a run without workers)."""
+def _worker_of(extra: dict[str, Any]) -> str | None:
+    """The xdist worker that sent a report, from its attributes (None: not a worker's)."""
     node = extra.get("node")
     if node is not None:
         wid = getattr(getattr(node, "gateway", None), "id", None)
@@ -347,7 +347,8 @@ class SimscopeReporter:
         extra = getattr(report, "__dict__", None)
         if not isinstance(extra, dict):
             extra = {}
-        key = (_worker_of(report, extra), report.nodeid)
+        worker = _worker_of(extra) if "node" in extra or "worker_id" in extra else None
+        key = (worker, report.nodeid)
         when = report.when
         data = extra.get(DATA_ATTR) or {}
         if not isinstance(data, dict):
@@ -411,11 +412,13 @@ class SimscopeReporter:
             # Each report carries every section captured so far for the test.
             sections = getattr(report, "sections", ()) or ()
             job.sections = [(str(name), _clean_str(content)) for name, content in sections]
-        if outcome == "passed" and when != "call":
+        if outcome == "passed":
             if when == "setup":
                 job.live_ready = True
                 if not self.live_after and not job.live_sent:
                     self._send_live(job, report)
+            elif when == "call" and extra.get("wasxfail") is not None:
+                job.xfail = "xpassed"
             return
         wasxfail = extra.get("wasxfail")
         if when == "setup":
@@ -438,8 +441,6 @@ class SimscopeReporter:
             else:
                 job.outcome = "skipped" if job.outcome != "failed" else "failed"
                 job.skip_reason = _crash_summary(report.longrepr)
-        elif outcome == "passed" and wasxfail is not None:
-            job.xfail = "xpassed"
 
     def logfinish(self, nodeid: str) -> None:
         """A test's reports are all in.
@@ -447,6 +448,12 @@ class SimscopeReporter:
         The hook does not say which xdist worker ran the test: the open job with that node
         id is the one (under ``--dist each``, the one whose teardown report came last).
         """
+        key: tuple[str | None, str] = (None, nodeid)
+        job = self._open.get(key)
+        if job is not None and len(self._open) == 1:  # the usual case: no xdist
+            if not job.rerun_pending:  # pytest-rerunfailures: each attempt ends so
+                self._finish(key, job)
+            return
         keys = [key for key in self._open if key[1] == nodeid]
         if len(keys) > 1:
             keys = [

@@ -195,8 +195,11 @@ class SimscopePlugin(RunningItem):
         try:
             func(*args)
         except Exception as exc:
-            if self.publisher is not None:
-                self.publisher._note(f"internal error in {what}: {type(exc).__name__}: {exc}")
+            self._internal_error(what, exc)
+
+    def _internal_error(self, what: str, exc: Exception) -> None:
+        if self.publisher is not None:
+            self.publisher._note(f"internal error in {what}: {type(exc).__name__}: {exc}")
 
     @pytest.hookimpl
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -208,17 +211,28 @@ class SimscopePlugin(RunningItem):
         if report.failed and self.reporter is not None:
             self._guard("collection report", self.reporter.collect_failed, report)
 
+    # The two hooks below run for every test (logreport three times): no _guard layer.
+
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self.reporter is None:
+        reporter = self.reporter
+        if reporter is None:
             return
         attach_running(self._item, report)
-        self._guard("test report", self.reporter.logreport, report)
+        try:
+            reporter.logreport(report)
+        except Exception as exc:
+            self._internal_error("test report", exc)
 
     @pytest.hookimpl
     def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
-        if self.reporter is not None:
-            self._guard("test finish", self.reporter.logfinish, nodeid)
+        reporter = self.reporter
+        if reporter is None:
+            return
+        try:
+            reporter.logfinish(nodeid)
+        except Exception as exc:
+            self._internal_error("test finish", exc)
 
     @pytest.hookimpl(trylast=True)  # after other plugins changed the exit status
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
