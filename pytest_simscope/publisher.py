@@ -199,7 +199,9 @@ class Publisher:
         self.stats = PublishStats()
         self._warn = warn or (lambda message: None)
         # Lock order: _spool_lock before _cond, never the other way round.
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
+        # The sender waits for work on _cond: only then does publish() need to wake it.
+        self._idle = False
         self._spool_lock = threading.Lock()
         self._pending: deque[_Item] = deque()
         # Taken by the sender and not settled yet (delivered, queued or dropped).
@@ -249,19 +251,21 @@ class Publisher:
                     self.journal = None
             # Under the lock, so the record has the order the sender sees even when the
             # heartbeat thread publishes at the same time as the tests.
-            for tap in list(self.taps):
-                try:
-                    tap.send((envelope,))
-                except Exception as exc:
-                    self._note(f"{tap.name}: {exc}; no longer written")
-                    self.taps.remove(tap)
+            if self.taps:
+                for tap in list(self.taps):
+                    try:
+                        tap.send((envelope,))
+                    except Exception as exc:
+                        self._note(f"{tap.name}: {exc}; no longer written")
+                        self.taps.remove(tap)
             if self._abandon:
                 direct = item  # after close: straight to the offline queue
             elif self._overflow or len(self._pending) + len(self._inflight) >= self.max_pending:
                 self._spill_item(item)
             else:
                 self._pending.append(item)
-                self._cond.notify()
+                if self._idle:  # else the sender looks at _pending before it waits again
+                    self._cond.notify()
         if direct is not None:
             self._write_spool([direct])
 
@@ -358,7 +362,11 @@ class Publisher:
         while True:
             with self._cond:
                 while not self._waiting() and not self._closing:
-                    self._cond.wait()
+                    self._idle = True
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self._idle = False
                 if self._abandon or not self._waiting():
                     return
                 closing = self._closing
