@@ -183,7 +183,24 @@ def simscope_metadata(request: pytest.FixtureRequest) -> JobMetadata:
     return JobMetadata(pairs)
 
 
+def _has_marker(item: pytest.Item) -> bool:
+    """Whether *item* or a node above it carries a ``simscope`` marker.
+
+    What ``iter_markers`` finds, found without building the node chain and a generator
+    for each test (most tests have no such marker).
+    """
+    node: Any = item
+    while node is not None:
+        for mark in node.own_markers:
+            if mark.name == "simscope":
+                return True
+        node = node.parent
+    return False
+
+
 def _marker_data(item: pytest.Item) -> dict[str, Any]:
+    if not _has_marker(item):
+        return {}
     data: dict[str, Any] = {}
     pairs: list[tuple[str, str]] = []
     # Closest marker first; a farther one only fills what a closer one left unset.
