@@ -1,7 +1,12 @@
 """The publisher: hooks hand it messages; one background thread delivers them in order.
 
 ``publish`` never waits on the network: it journals the message (see journal.py), shows it
-to the taps (the recorder) and puts it on a bounded in-memory queue.  The sender thread
+to the taps (the recorder) and puts it on a bounded in-memory queue.  (When the offline
+queue itself is the destination, ``publish`` writes it directly instead: a thread making
+a handful of file-system calls per test would trade the GIL with the tests at every one
+of them, which costs the tests more than the calls.  A write slower than ``INLINE_SLOW``
+hands the rest to the sender thread, so a stalling disk holds the sender, not the tests.)
+The sender thread
 
 * drops a ``job-live`` that was not sent yet when its own ``job-finish`` is already queued,
 * sends ``regr-start`` alone, so it is confirmed before any job message goes out,
@@ -60,6 +65,9 @@ SPILL_CHUNK = 1000
 # scaled by a random factor in [0.5, 1.5) so many runs hit by one outage do not retry in step.
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.0
+# The offline queue as the destination is written by publish() itself until one write
+# takes longer than this (seconds); then the sender thread takes over.
+INLINE_SLOW = 0.05
 # After the flush deadline, how long ``close`` still waits for the sender to notice before
 # leaving a send that hangs to itself.
 ABANDON_GRACE = 0.5
@@ -187,6 +195,7 @@ class Publisher:
         retry_budget: float = 30.0,
         linger: float = 0.2,
         warn: Warn | None = None,
+        inline: bool | None = None,
     ) -> None:
         self.transport = transport
         self.spool = spool
@@ -219,6 +228,9 @@ class Publisher:
         self._failures = 0
         self._last_error = ""
         self._degraded = transport is spool
+        # The offline queue is the destination itself: publish() writes it directly,
+        # unless a write is ever slow (see INLINE_SLOW).
+        self._inline = transport is spool if inline is None else inline
         # Journal acks stop at the first message that could not be queued, so the journal
         # keeps it (and what follows) for the next run to recover.
         self._acking = True
@@ -234,6 +246,29 @@ class Publisher:
 
     def publish(self, envelope: Envelope) -> None:
         """Take one message; never blocks on delivery and never raises."""
+        if self._inline:
+            # The offline queue is the destination: write it here, in order.  A sender
+            # thread would hand the GIL back and forth with the tests at every one of
+            # the file-system calls of an entry, which costs the tests far more than the
+            # calls themselves.
+            with self._spool_lock:
+                item = self._take(envelope)
+                if item is not None:
+                    started = time.monotonic()
+                    self._spool_locked([item])
+                    self._ack(item.seq)
+                    if time.monotonic() - started > INLINE_SLOW:
+                        # A slow (or stalling) file system must not hold the tests: the
+                        # sender thread writes from the next message on, in order.
+                        self._inline = False
+            return
+        item = self._take(envelope)
+        if item is not None:
+            self._write_spool([item])
+
+    def _take(self, envelope: Envelope) -> _Item | None:
+        """Number, journal and record *envelope*; queue it for the sender or return it to
+        be written to the offline queue by the caller."""
         direct: _Item | None = None
         with self._cond:
             self._seq += 1
@@ -258,16 +293,15 @@ class Publisher:
                     except Exception as exc:
                         self._note(f"{tap.name}: {exc}; no longer written")
                         self.taps.remove(tap)
-            if self._abandon:
-                direct = item  # after close: straight to the offline queue
+            if self._abandon or self._inline:
+                direct = item  # straight to the offline queue (after close: always)
             elif self._overflow or len(self._pending) + len(self._inflight) >= self.max_pending:
                 self._spill_item(item)
             else:
                 self._pending.append(item)
                 if self._idle:  # else the sender looks at _pending before it waits again
                     self._cond.notify()
-        if direct is not None:
-            self._write_spool([direct])
+        return direct
 
     def _spill_item(self, item: _Item) -> None:
         """Put *item* behind everything before it, outside memory (called under ``_cond``)."""
@@ -372,8 +406,9 @@ class Publisher:
                 closing = self._closing
             if not closing and self.linger:
                 # Let a few messages gather: fewer wake-ups fighting the tests for the GIL,
-                # and a fast test's live message is dropped before it is ever sent.
-                self._abandoned.wait(self.linger)
+                # and a fast test's live message is dropped before it is ever sent.  The
+                # end of the session (close) cuts the wait short.
+                self._close_requested.wait(self.linger)
             with self._cond:
                 if self._abandon:
                     return

@@ -22,7 +22,7 @@ from pytest_simscope import publisher as publisher_module
 from pytest_simscope.errors import PermanentError, TransientError
 from pytest_simscope.journal import Journal, recover
 from pytest_simscope.models import Envelope
-from pytest_simscope.publisher import Publisher, PublishStats
+from pytest_simscope.publisher import INLINE_SLOW, Publisher, PublishStats
 from pytest_simscope.transports.base import Transport
 from pytest_simscope.transports.queue import OfflineQueue, read_outbox
 
@@ -571,13 +571,54 @@ def test_overflow_then_a_broker_failure_keeps_the_queue_in_order() -> None:
 
 def test_overflow_with_the_offline_queue_as_transport_says_nothing() -> None:
     spool = ListSpool()
-    publisher = Publisher(spool, spool=spool, max_pending=10, linger=0)
+    # Through the sender thread (as after a slow write), where the overflow can happen.
+    publisher = Publisher(spool, spool=spool, max_pending=10, linger=0, inline=False)
     stream = run_of(50, lives=False)
     publish_all(publisher, stream)
     publisher.start()
     stats = publisher.close(5)
     assert spool.got == stream
     assert (stats.queued, stats.warnings) == (len(stream), [])
+
+
+def test_the_offline_queue_as_transport_is_written_by_publish_itself() -> None:
+    """No sender thread in between: each message is in the queue when publish() returns,
+    so the tests never trade the GIL with a thread doing file-system calls."""
+    spool = ListSpool()
+    publisher = Publisher(spool, spool=spool)  # never started
+    stream = run_of(20)
+    for index, envelope in enumerate(stream):
+        publisher.publish(envelope)
+        assert spool.got == stream[: index + 1]
+    stats = publisher.close(5)
+    assert (stats.queued, stats.lost, stats.warnings) == (len(stream), 0, [])
+
+
+class SlowOnce(ListSpool):
+    """An offline queue whose third write stalls (a busy or network file system)."""
+
+    def send(self, batch: Sequence[Envelope]) -> None:
+        if self.calls == 2:
+            time.sleep(INLINE_SLOW * 2)
+        super().send(batch)
+
+
+def test_a_slow_offline_queue_write_hands_the_writing_to_the_sender() -> None:
+    spool = SlowOnce()
+    publisher = Publisher(spool, spool=spool, linger=0)
+    publisher.start()
+    stream = run_of(30)
+    publish_all(publisher, stream)
+    # The first three went in directly; the rest waits for the sender thread, so a queue
+    # that stalls again holds the sender, not the tests.
+    assert spool.got[:3] == stream[:3]
+    stats = publisher.close(10)
+    # In order; the sender drops a job-live whose job-finish waits behind it.
+    assert spool.got == without_superseded(stream, spool.got)
+    assert [e.uniqueid for e in spool.got if e.type == "job-finish"] == [
+        f"t{i}" for i in range(30)
+    ]
+    assert (stats.queued + stats.superseded, stats.lost) == (len(stream), 0)
 
 
 def test_overflow_without_a_temporary_folder_keeps_order_in_memory(
