@@ -52,7 +52,7 @@ class SimscopePlugin(RunningItem):
         self._prev_sigterm: Any = None
         self._sigterm_installed = False
         self._got_sigterm = False
-        self._ticker_stop: Any = None
+        self._ticker_stopped = False
         super().__init__()
         self.recovered = 0
         self._secrets = self._secret_values()
@@ -360,34 +360,29 @@ class SimscopePlugin(RunningItem):
             os.kill(os.getpid(), signal.SIGTERM)
 
     def _start_ticker(self, live_after: float, heartbeat: float) -> None:
-        """One thread for what runs on a clock: late live jobs and heartbeats."""
-        import threading
+        """What runs on a clock (late live jobs, heartbeats), in the sender's thread."""
         import time
 
-        stop = threading.Event()
-        self._ticker_stop = stop
+        if self.publisher is None:
+            return
         periods = [p for p in (live_after, heartbeat) if p > 0]
-        tick = min(1.0, max(0.01, min(periods)))
+        next_beat = time.monotonic() + heartbeat
 
-        def run() -> None:
-            next_beat = time.monotonic() + heartbeat
-            while not stop.wait(tick):
-                reporter = self.reporter
-                if reporter is None:
-                    continue
-                with contextlib.suppress(Exception):
-                    if live_after > 0:
-                        reporter.send_due_live()
-                    if heartbeat > 0 and time.monotonic() >= next_beat:
-                        next_beat = time.monotonic() + heartbeat
-                        reporter.heartbeat(heartbeat)
+        def tick() -> None:
+            nonlocal next_beat
+            reporter = self.reporter
+            if reporter is None or self._ticker_stopped:
+                return
+            if live_after > 0:
+                reporter.send_due_live()
+            if heartbeat > 0 and time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + heartbeat
+                reporter.heartbeat(heartbeat)
 
-        threading.Thread(target=run, name="simscope-ticker", daemon=True).start()
+        self.publisher.set_ticker(tick, min(1.0, min(periods)))
 
     def _stop_ticker(self) -> None:
-        if self._ticker_stop is not None:
-            self._ticker_stop.set()
-            self._ticker_stop = None
+        self._ticker_stopped = True
 
     def shutdown(self) -> None:
         """Last resort at unconfigure: close whatever sessionfinish did not."""
