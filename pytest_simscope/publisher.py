@@ -4,8 +4,9 @@
 to the taps (the recorder) and puts it on a bounded in-memory queue.  (When the offline
 queue itself is the destination, ``publish`` writes it directly instead: a thread making
 a handful of file-system calls per test would trade the GIL with the tests at every one
-of them, which costs the tests more than the calls.  A write slower than ``INLINE_SLOW``
-hands the rest to the sender thread, so a stalling disk holds the sender, not the tests.)
+of them, which costs the tests more than the calls.  A write slower than ``INLINE_SLOW``,
+or writes slower than ``INLINE_AVERAGE`` on average, hand the rest to the sender thread,
+so a slow or stalling disk holds the sender, not the tests.)
 The sender thread
 
 * drops a ``job-live`` that was not sent yet when its own ``job-finish`` is already queued,
@@ -68,6 +69,9 @@ BACKOFF_CAP = 2.0
 # The offline queue as the destination is written by publish() itself until one write
 # takes longer than this (seconds); then the sender thread takes over.
 INLINE_SLOW = 0.05
+# ... or once writes take this long on average (a slow disk): the sender's writes then
+# overlap with whatever the tests wait for.
+INLINE_AVERAGE = 0.0002
 # After the flush deadline, how long ``close`` still waits for the sender to notice before
 # leaving a send that hangs to itself.
 ABANDON_GRACE = 0.5
@@ -231,6 +235,7 @@ class Publisher:
         # The offline queue is the destination itself: publish() writes it directly,
         # unless a write is ever slow (see INLINE_SLOW).
         self._inline = transport is spool if inline is None else inline
+        self._inline_time = 0.0  # moving average of one write, seconds
         # Journal acks stop at the first message that could not be queued, so the journal
         # keeps it (and what follows) for the next run to recover.
         self._acking = True
@@ -260,9 +265,14 @@ class Publisher:
                     started = time.monotonic()
                     self._spool_locked([item])
                     self._ack(item.seq)
-                    if time.monotonic() - started > INLINE_SLOW:
+                    took = time.monotonic() - started
+                    self._inline_time = 0.9 * self._inline_time + 0.1 * took
+                    if took > INLINE_SLOW or (
+                        item.seq > 20 and self._inline_time > INLINE_AVERAGE
+                    ):
                         # A slow (or stalling) file system must not hold the tests: the
-                        # sender thread writes from the next message on, in order.
+                        # sender thread writes from the next message on, in order, while
+                        # tests that wait (sleep, I/O) let it run.
                         self._inline = False
             return
         item = self._take(envelope)

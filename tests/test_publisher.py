@@ -22,7 +22,7 @@ from pytest_simscope import publisher as publisher_module
 from pytest_simscope.errors import PermanentError, TransientError
 from pytest_simscope.journal import Journal, recover
 from pytest_simscope.models import Envelope
-from pytest_simscope.publisher import INLINE_SLOW, Publisher, PublishStats
+from pytest_simscope.publisher import INLINE_AVERAGE, INLINE_SLOW, Publisher, PublishStats
 from pytest_simscope.transports.base import Transport
 from pytest_simscope.transports.queue import OfflineQueue, read_outbox
 
@@ -618,6 +618,28 @@ def test_a_slow_offline_queue_write_hands_the_writing_to_the_sender() -> None:
     assert [e.uniqueid for e in spool.got if e.type == "job-finish"] == [
         f"t{i}" for i in range(30)
     ]
+    assert (stats.queued + stats.superseded, stats.lost) == (len(stream), 0)
+
+
+class SlowDisk(ListSpool):
+    """An offline queue on a slow disk: every write takes a little too long."""
+
+    def send(self, batch: Sequence[Envelope]) -> None:
+        time.sleep(INLINE_AVERAGE * 3)
+        super().send(batch)
+
+
+def test_a_slow_disk_hands_the_writing_to_the_sender() -> None:
+    spool = SlowDisk()
+    publisher = Publisher(spool, spool=spool, linger=0)
+    publisher.start()
+    stream = run_of(40)
+    publish_all(publisher, stream)
+    # The first ones went in directly, until the average said the disk is slow.
+    assert len(spool.got) >= 20
+    assert not publisher._inline
+    stats = publisher.close(10)
+    assert spool.got == without_superseded(stream, spool.got)
     assert (stats.queued + stats.superseded, stats.lost) == (len(stream), 0)
 
 
