@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from pytest_simscope.messages import Envelope, dumps, encode
+from pytest_simscope.messages import Envelope
 
 try:
     import fcntl
@@ -85,8 +85,6 @@ class Journal:
             self._map_window(0, 0)
         self._acked = 0
         self._closed = False
-        # The encoded '"type":...,"regression":...' part of a line, by type and regression.
-        self._heads: dict[tuple[str, str], bytes] = {}
 
     def _map_window(self, pos: int, need: int) -> None:
         """Map a window that starts at or before *pos* and holds *need* bytes from it."""
@@ -105,14 +103,7 @@ class Journal:
 
     def append(self, seq: int, envelope: Envelope) -> None:
         # The body's bytes are the ones that go on the wire: encoded once.
-        head = self._heads.get((envelope.type, envelope.regression))
-        if head is None:
-            head = encode(
-                f',"type":{dumps(envelope.type)},"regression":{dumps(envelope.regression)},'
-                '"body":'
-            )
-            self._heads[(envelope.type, envelope.regression)] = head
-        data = b'{"seq":%d%s%s}\n' % (seq, head, envelope.body_bytes())
+        data = envelope.record_bytes(seq) + b"\n"
         with self._lock:
             if self._closed:
                 return

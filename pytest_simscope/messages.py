@@ -173,6 +173,10 @@ def encode(text: str) -> bytes:
         return text.encode("utf-8", "backslashreplace")
 
 
+# The encoded '"type":...,"regression":...,"body":' part of a record, by type and regression.
+_record_heads: dict[tuple[str, str], bytes] = {}
+
+
 class Envelope:
     """One message: its Simscope type, the regression it belongs to and its JSON body.
 
@@ -240,9 +244,16 @@ class Envelope:
     def as_record(self) -> dict[str, Any]:
         return {"type": self.type, "regression": self.regression, "body": self.body}
 
-    def body_json(self) -> str:
-        """The body as compact JSON text."""
-        return self.body_bytes().decode("utf-8")
+    def record_bytes(self, seq: int) -> bytes:
+        """``{"seq", "type", "regression", "body"}`` as compact JSON, around the body's own
+        bytes: the line the journal keeps and the record an offline-queue entry holds."""
+        key = (self.type, self.regression)
+        head = _record_heads.get(key)
+        if head is None:
+            head = _record_heads[key] = encode(
+                f',"type":{dumps(self.type)},"regression":{dumps(self.regression)},"body":'
+            )
+        return b'{"seq":%d%b%b}' % (seq, head, self.body_bytes())
 
     def body_bytes(self) -> bytes:
         """The UTF-8 JSON body as it goes on the wire (encoded once)."""

@@ -212,10 +212,8 @@ class OfflineQueue(Transport):
         # (second, entry name stamp, manifest time, its "created_at" and "updated_at"
         # JSON), replaced as a whole.
         self._clock: tuple[int, str, str, bytes, bytes] = (-1, "", "", b"", b"")
-        # regression -> its "project" JSON; (type, regression) -> a message's JSON
-        # between its seq and its body.
+        # regression -> its "project" JSON.
         self._projects: dict[str, bytes] = {}
-        self._heads: dict[tuple[str, str], bytes] = {}
 
     @property
     def outbox(self) -> Path:
@@ -277,19 +275,7 @@ class OfflineQueue(Transport):
         raw = envelope.body_bytes()
         if _CUT in raw:
             return None
-        key = (envelope.type, envelope.regression)
-        head = self._heads.get(key)
-        if head is None:
-            head = self._heads[key] = b"".join(
-                (
-                    b',"type":',
-                    _encode(envelope.type),
-                    b',"regression":',
-                    _encode(envelope.regression),
-                    b',"body":',
-                )
-            )
-        return b'{"seq":%d%b%b}' % (seq, head, raw)
+        return envelope.record_bytes(seq)
 
     def _write(self, envelope: Envelope) -> None:
         if envelope.type == "batch-job-finish" and isinstance(envelope.body, list):
