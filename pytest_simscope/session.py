@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 import uuid
 from pathlib import Path
 from types import FrameType
@@ -361,8 +362,6 @@ class SimscopePlugin(RunningItem):
 
     def _start_ticker(self, live_after: float, heartbeat: float) -> None:
         """What runs on a clock (late live jobs, heartbeats), in the sender's thread."""
-        import time
-
         if self.publisher is None:
             return
         periods = [p for p in (live_after, heartbeat) if p > 0]
