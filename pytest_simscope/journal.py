@@ -86,6 +86,10 @@ class Journal:
         self._acked = 0
         self._closed = False
 
+    def fileno(self) -> int:
+        """The journal file, open and locked (a delivery process inherits it, lock and all)."""
+        return self._fd
+
     def _map_window(self, pos: int, need: int) -> None:
         """Map a window that starts at or before *pos* and holds *need* bytes from it."""
         if self._map is not None:
@@ -156,6 +160,97 @@ class Journal:
                 self._map = None
             with contextlib.suppress(OSError):
                 os.close(self._fd)
+            with contextlib.suppress(OSError):
+                self._acks.close()
+
+
+_BODY_KEY = b',"body":'
+
+
+def parse_line(line: bytes) -> tuple[int, Envelope]:
+    """``(seq, envelope)`` of one journal line (``ValueError`` if it is not one).
+
+    The body's bytes are kept as they were written: they go on the wire unchanged.
+    """
+    data = json.loads(line)
+    if not isinstance(data, dict):
+        raise ValueError("a journal line is a JSON object")
+    seq = data.pop("seq", None)
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        raise ValueError("a journal line needs a sequence number")
+    envelope = Envelope.from_record(data)
+    # The first ',"body":' is the key itself: inside a JSON string a quote is escaped.
+    at = line.find(_BODY_KEY)
+    if at >= 0 and line.endswith(b"}"):
+        envelope._raw = line[at + len(_BODY_KEY) : -1]
+    return seq, envelope
+
+
+class JournalTail:
+    """The delivery process's side of a journal: the new lines, and how far they are safe.
+
+    *fd* is the journal file the writer opened and locked, inherited: the lock then holds
+    while either process lives, so no recovery takes messages this process still owes.
+    The writer grows the file with zero bytes ahead of its lines, and a line being
+    copied in shows a zero byte until it is whole, so reading stops at the first zero.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.ack_path = path.with_suffix(".acks")
+        self._fd = fd
+        self._offset = 0
+        self._lock = threading.Lock()
+        self._acks = open(self.ack_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self._acked = 0
+        self._closed = False
+        self.bad_lines = 0
+
+    def read(self, limit: int = 1 << 20) -> list[tuple[int, Envelope]]:
+        """The messages written since the last call (whole lines only)."""
+        found: list[tuple[int, Envelope]] = []
+        while True:
+            data = os.pread(self._fd, limit, self._offset)
+            cut = data.find(b"\0")
+            whole = cut < 0 and len(data) == limit
+            if cut >= 0:
+                data = data[:cut]
+            end = data.rfind(b"\n")
+            if end < 0:
+                if whole:  # one line longer than the read: read more at once
+                    limit *= 2
+                    continue
+                return found
+            self._offset += end + 1
+            for line in data[:end].split(b"\n"):
+                try:
+                    found.append(parse_line(line))
+                except (ValueError, KeyError, TypeError):
+                    self.bad_lines += 1
+            if not whole:
+                return found
+
+    def append(self, seq: int, envelope: Envelope) -> None:
+        """Nothing: the writer journaled it."""
+
+    def ack(self, seq: int) -> None:
+        """Everything up to *seq* is safe (delivered or queued)."""
+        with self._lock:
+            if self._closed or seq <= self._acked:
+                return
+            self._acked = seq
+            self._acks.write(f"{seq}\n")
+
+    def close(self, *, remove: bool) -> None:
+        """Stop; with *remove*, the run is settled and its journal goes."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if remove:
+                for path in (self.path, self.ack_path):
+                    with contextlib.suppress(OSError):
+                        path.unlink()
             with contextlib.suppress(OSError):
                 self._acks.close()
 

@@ -48,14 +48,23 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Protocol
 
 from pytest_simscope.errors import PermanentError, PublishError, TransientError
-from pytest_simscope.journal import Journal
 from pytest_simscope.messages import Envelope
 from pytest_simscope.transports.base import Transport
 
 Warn = Callable[[str], None]
+
+
+class JournalLike(Protocol):
+    """What the publisher needs of a journal (:mod:`pytest_simscope.journal`)."""
+
+    def append(self, seq: int, envelope: Envelope) -> None: ...
+
+    def ack(self, seq: int) -> None: ...
+
+    def close(self, *, remove: bool) -> None: ...
 
 # Items one ``send`` carries at most: a failure, the flush deadline or ``close`` is noticed
 # between two sends, and a retry resends at most this much.
@@ -193,7 +202,7 @@ class Publisher:
         *,
         spool: Transport,
         taps: Sequence[Transport] = (),
-        journal: Journal | None = None,
+        journal: JournalLike | None = None,
         batch_size: int = 100,
         max_pending: int = 10000,
         retry_budget: float = 30.0,
@@ -252,15 +261,19 @@ class Publisher:
             self._started = True
             self._thread.start()
 
-    def publish(self, envelope: Envelope) -> None:
-        """Take one message; never blocks on delivery and never raises."""
+    def publish(self, envelope: Envelope, seq: int | None = None) -> None:
+        """Take one message; never blocks on delivery and never raises.
+
+        *seq*: the message's number in a journal written by the caller (the delivery
+        process passes it on); the journal then only hears which numbers are safe.
+        """
         if self._inline:
             # The offline queue is the destination: write it here, in order.  A sender
             # thread would hand the GIL back and forth with the tests at every one of
             # the file-system calls of an entry, which costs the tests far more than the
             # calls themselves.
             with self._spool_lock:
-                item = self._take(envelope)
+                item = self._take(envelope, seq)
                 if item is not None:
                     started = time.monotonic()
                     self._spool_locked([item])
@@ -275,23 +288,26 @@ class Publisher:
                         # tests that wait (sleep, I/O) let it run.
                         self._inline = False
             return
-        item = self._take(envelope)
+        item = self._take(envelope, seq)
         if item is not None:
             self._write_spool([item])
 
-    def _take(self, envelope: Envelope) -> _Item | None:
+    def _take(self, envelope: Envelope, seq: int | None = None) -> _Item | None:
         """Number, journal and record *envelope*; queue it for the sender or return it to
         be written to the offline queue by the caller."""
         direct: _Item | None = None
         with self._cond:
-            self._seq += 1
-            item = _Item(self._seq, envelope)
+            if seq is None:
+                self._seq += 1
+            else:
+                self._seq = max(self._seq, seq)
+            item = _Item(self._seq if seq is None else seq, envelope)
             self.stats.published += 1
             if envelope.type == "job-finish":
                 self.stats.jobs += 1
             # The journal first: a kill between the two writes leaves a message to recover
             # that the record lacks, never a recorded one that cannot be recovered.
-            if self.journal is not None:
+            if self.journal is not None and seq is None:
                 try:
                     self.journal.append(item.seq, envelope)
                 except Exception as exc:

@@ -16,11 +16,10 @@ from __future__ import annotations
 import hashlib
 import shlex
 import socket
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -36,9 +35,17 @@ from pytest_simscope.messages import (
     metadata_pairs,
     stamp,
 )
-from pytest_simscope.publisher import Publisher
 from pytest_simscope.redact import mask_urls, redact
 from pytest_simscope.settings import Resolved
+
+
+class Sink(Protocol):
+    """Where the reporter's messages go (a courier front or a publisher)."""
+
+    def publish(self, envelope: Envelope) -> None: ...
+
+    def _note(self, message: str) -> None: ...
+
 
 _PHASE_PREFIX = {"setup": "setup error: ", "teardown": "teardown error: ", "subtest": ""}
 
@@ -50,9 +57,7 @@ class _Open:
         "category",
         "duration",
         "failures",
-        "last_beat",
         "last_report",
-        "live_ready",
         "live_sent",
         "metadata",
         "nodeid",
@@ -88,8 +93,7 @@ class _Open:
         self.start_time = start_time
         self.category = category
         self.testgroup = testgroup
-        # Its setup did not skip: a live job may be published for it.
-        self.live_ready = False
+        # Its live job was published (its setup did not skip).
         self.live_sent = False
         self.reruns = 0
         self.subtests: dict[str, int] = {}
@@ -102,7 +106,6 @@ class _Open:
         self.metadata: list[tuple[str, str]] = []
         self.sections: list[tuple[str, str]] = []
         self.last_report: Any = None
-        self.last_beat = 0.0
         # pytest-rerunfailures asked for another attempt: the next logfinish ends that
         # attempt, not the job, and the next setup report starts the attempt afresh.
         self.rerun_pending = False
@@ -153,7 +156,7 @@ class SimscopeReporter:
         self,
         config: pytest.Config,
         resolved: Resolved,
-        publisher: Publisher,
+        publisher: Sink,
         *,
         job_hook: Callable[..., Any] | None = None,
         seed: str | None = None,
@@ -161,9 +164,6 @@ class SimscopeReporter:
         secrets: Sequence[str] = (),
     ) -> None:
         self.secrets = list(secrets)
-        # The heartbeat thread re-sends live jobs; it must never do so for a job the main
-        # thread is finishing, or Simscope would get a live job after its finish.
-        self._lock = threading.Lock()
         self.config = config
         self.settings = resolved.settings
         self.resolved = resolved
@@ -179,7 +179,6 @@ class SimscopeReporter:
         self._open: dict[tuple[str | None, str], _Open] = {}
         # How often each test ran so far, by node id (with the worker under --dist each).
         self._occurrences: dict[Any, int] = {}
-        self.live_after = self.settings.live_after
         self._collect_failed: set[str] = set()
         # Jobs a worker_down already failed: xdist's own crash report for them follows.
         self._crashed: set[tuple[str | None, str]] = set()
@@ -334,8 +333,9 @@ class SimscopeReporter:
         self._send(kind, body)
 
     def _send_live(self, job: _Open, report: Any) -> None:
+        # Published at setup; whoever delivers holds it live_after seconds and drops it
+        # if the test ended by then (see courier.Relay).
         job.live_sent = True
-        job.last_beat = time.monotonic()
         body = self._job_body(job, "live")
         if self._base_metadata:
             body["metadata"] = list(self._base_metadata)
@@ -414,8 +414,7 @@ class SimscopeReporter:
             job.sections = [(str(name), _clean_str(content)) for name, content in sections]
         if outcome == "passed":
             if when == "setup":
-                job.live_ready = True
-                if not self.live_after and not job.live_sent:
+                if not job.live_sent:
                     self._send_live(job, report)
             elif when == "call" and extra.get("wasxfail") is not None:
                 job.xfail = "xpassed"
@@ -428,10 +427,8 @@ class SimscopeReporter:
                 else:
                     job.outcome = "skipped"
                     job.skip_reason = _crash_summary(report.longrepr)
-            else:
-                job.live_ready = True
-                if not self.live_after and not job.live_sent:
-                    self._send_live(job, report)
+            elif not job.live_sent:
+                self._send_live(job, report)
         if outcome == "failed":
             job.outcome = "failed"
             job.failures.append((when, report))
@@ -467,8 +464,7 @@ class SimscopeReporter:
             self._finish(key, job)
 
     def _finish(self, key: tuple[str | None, str], job: _Open, *, why: str = "") -> None:
-        with self._lock:
-            self._open.pop(key, None)
+        self._open.pop(key, None)
         if why:
             job.outcome = "failed"
         if job.outcome == "failed":
@@ -609,36 +605,6 @@ class SimscopeReporter:
             job = self._open[key]
             self._crashed.add(key)
             self._finish(key, job, why=f"worker {worker!r} crashed while running {job.nodeid!r}")
-
-    def send_due_live(self) -> None:
-        """Publish the live job of every test that has run ``live_after`` seconds.
-
-        Called from the plugin's ticker thread.  A test that ends sooner never gets one: a
-        test that ended needs no live message.  Under the lock, so a job the tests' thread
-        is finishing gets its live message before its finish, or not at all.
-        """
-        with self._lock:
-            if self._closed or not self._open:
-                return
-            due = time.time() - self.live_after
-            for job in list(self._open.values()):
-                if job.live_ready and not job.live_sent and job.start_epoch <= due:
-                    self._send_live(job, job.last_report)
-
-    def heartbeat(self, interval: float) -> None:
-        """Re-send the live job of tests running longer than *interval*; update running."""
-        with self._lock:
-            if self._closed:
-                return
-            now = time.monotonic()
-            running = 0
-            for job in list(self._open.values()):
-                if job.live_sent:
-                    running += 1
-                    if now - job.last_beat >= interval:
-                        self._send_live(job, job.last_report)
-            if not self.shard and running:
-                self._send("regr-update", self._regression(running=running))
 
     # -- end -----------------------------------------------------------------------------
 

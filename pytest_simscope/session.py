@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from types import FrameType
@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from pytest_simscope import courier
 from pytest_simscope.errors import PublishError, SettingsError
 from pytest_simscope.journal import Journal, recover
 from pytest_simscope.plugin import RunningItem, attach_running
@@ -31,6 +32,11 @@ from pytest_simscope.transports.network import with_credentials
 from pytest_simscope.transports.queue import GITIGNORE_TEXT, JOURNAL, OfflineQueue, write_atomic
 from pytest_simscope.transports.record import Recorder
 
+Front = courier.CourierFront | courier.LocalFront
+
+
+def _plain_json(value: object) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool, list, tuple))
 
 class SimscopePlugin(RunningItem):
     """The publishing side: owns the publisher and the reporter for one session.
@@ -44,7 +50,7 @@ class SimscopePlugin(RunningItem):
         self.resolved = resolved
         self.settings: Settings = resolved.settings
         self.reporter: SimscopeReporter | None = None
-        self.publisher: Publisher | None = None
+        self.publisher: Front | None = None
         self.stats: PublishStats | None = None
         self.queue_root = self._queue_root()
         self.destination = self._destination()
@@ -53,7 +59,6 @@ class SimscopePlugin(RunningItem):
         self._prev_sigterm: Any = None
         self._sigterm_installed = False
         self._got_sigterm = False
-        self._ticker_stopped = False
         super().__init__()
         self.recovered = 0
         self._secrets = self._secret_values()
@@ -105,8 +110,15 @@ class SimscopePlugin(RunningItem):
         url = with_credentials(s.url, s.username, s.password)
         return network_transport(url, options)
 
-    def _start_publisher(self) -> Publisher:
-        s = self.settings
+    def _record_path(self) -> Path | None:
+        if not self.settings.record:
+            return None
+        path = Path(self.settings.record).expanduser()
+        if not path.is_absolute():
+            path = self.config.invocation_params.dir / path
+        return path
+
+    def _start_publisher(self) -> Front:
         spool = OfflineQueue(self.queue_root, run_id=self.run_id)
         self._write_gitignore()
         journal: Journal | None = None
@@ -118,18 +130,48 @@ class SimscopePlugin(RunningItem):
         except (OSError, PublishError) as exc:
             journal = None
             self._early_warnings.append(f"journal unavailable: {exc}")
+        if journal is not None and os.environ.get(courier.INPROCESS_ENV) != "1":
+            try:
+                return courier.CourierFront(journal, spool, self._courier_config())
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                self._early_warnings.append(
+                    f"cannot start the delivery process ({exc}); publishing from this one"
+                )
+        return self._local_front(spool, journal)
+
+    def _courier_config(self) -> dict[str, Any]:
+        s = self.settings
+        record = self._record_path()
+        return {
+            "queue_root": str(self.queue_root),
+            "run_id": self.run_id,
+            "url": s.url,
+            "username": s.username,
+            "password": s.password,
+            "settings": {k: v for k, v in s.as_dict().items() if _plain_json(v)},
+            "record": str(record) if record else None,
+            "batch_size": s.batch_size,
+            "max_pending": s.max_pending,
+            "retry_budget": s.retry_budget,
+            "flush_timeout": s.flush_timeout,
+            "live_after": s.live_after,
+            "heartbeat": s.heartbeat,
+            "shard": s.shard,
+            "warnings": list(self._early_warnings),
+        }
+
+    def _local_front(self, spool: OfflineQueue, journal: Journal | None) -> Front:
+        s = self.settings
         try:
             transport = self._make_transport(spool)
         except (PublishError, SettingsError) as exc:
             self._early_warnings.append(f"{exc}; using the offline queue")
             transport = spool
         taps: list[Transport] = []
-        if s.record:
-            path = Path(s.record).expanduser()
-            if not path.is_absolute():
-                path = self.config.invocation_params.dir / path
+        record = self._record_path()
+        if record is not None:
             try:
-                taps.append(Recorder(path))
+                taps.append(Recorder(record))
             except PublishError as exc:
                 self._early_warnings.append(str(exc))
         publisher = Publisher(
@@ -145,8 +187,12 @@ class SimscopePlugin(RunningItem):
         )
         for message in self._early_warnings:
             publisher._note(message)
-        publisher.start()
-        return publisher
+        relay = courier.Relay(
+            publisher, live_after=s.live_after, heartbeat=s.heartbeat, shard=s.shard
+        )
+        front = courier.LocalFront(publisher, journal, relay)
+        front.start()
+        return front
 
     def _write_gitignore(self) -> None:
         if self.settings.queue_dir:
@@ -187,8 +233,6 @@ class SimscopePlugin(RunningItem):
             self._failure = f"pytest-simscope could not start: {type(exc).__name__}: {exc}"
             return
         self._install_sigterm()
-        if self.settings.heartbeat > 0 or self.settings.live_after > 0:
-            self._start_ticker(self.settings.live_after, self.settings.heartbeat)
 
     def _guard(self, what: str, func: Any, *args: Any) -> None:
         if self.reporter is None:
@@ -237,7 +281,6 @@ class SimscopePlugin(RunningItem):
 
     @pytest.hookimpl(trylast=True)  # after other plugins changed the exit status
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        self._stop_ticker()
         if self.reporter is None or self.publisher is None:
             return
         self._guard("session finish", self.reporter.finish, exitstatus)
@@ -360,32 +403,8 @@ class SimscopePlugin(RunningItem):
                 sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGTERM)
 
-    def _start_ticker(self, live_after: float, heartbeat: float) -> None:
-        """What runs on a clock (late live jobs, heartbeats), in the sender's thread."""
-        if self.publisher is None:
-            return
-        periods = [p for p in (live_after, heartbeat) if p > 0]
-        next_beat = time.monotonic() + heartbeat
-
-        def tick() -> None:
-            nonlocal next_beat
-            reporter = self.reporter
-            if reporter is None or self._ticker_stopped:
-                return
-            if live_after > 0:
-                reporter.send_due_live()
-            if heartbeat > 0 and time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + heartbeat
-                reporter.heartbeat(heartbeat)
-
-        self.publisher.set_ticker(tick, min(1.0, min(periods)))
-
-    def _stop_ticker(self) -> None:
-        self._ticker_stopped = True
-
     def shutdown(self) -> None:
         """Last resort at unconfigure: close whatever sessionfinish did not."""
-        self._stop_ticker()
         self._restore_sigterm()
         if self.publisher is not None and self.stats is None:
             with contextlib.suppress(Exception):

@@ -1,0 +1,470 @@
+"""Delivery in a process of its own: the pytest process only journals its messages.
+
+A thread in the pytest process costs the tests more than the work it does: each time it
+wakes up it takes the GIL from the tests, and on sandboxed machines every such hand-over
+is a pair of context switches that can cost a millisecond.  So the publishing process
+(the only one, or the xdist controller) does no delivery at all.  :class:`CourierFront`
+gives each message its number and copies it into the journal (a shared memory map: no
+system call), and a child process, the *courier*, started at session start and holding
+the journal's lock with it, reads the new journal lines every few milliseconds and
+delivers them with a :class:`~pytest_simscope.publisher.Publisher`: the network, the
+offline queue, retries, the fallback, the acks.  At session end the pytest process asks
+it to finish and reads its figures back.
+
+Nothing is lost on the way:
+
+* the journal is written before anything else, so a message journaled is either
+  delivered, queued, or still in the journal for the next run (or ``drain``) to recover;
+* if the pytest process dies, the courier sees its standard input close, delivers what
+  the journal holds and removes the journal only when all of it is settled;
+* if the courier dies, fails to start or does not finish in time, the pytest process
+  queues every message of the journal not acknowledged yet itself (some may then be
+  delivered twice, none zero times);
+* a courier that cannot be started at all leaves the pytest process to publish in a
+  thread of its own, as :class:`LocalFront` does.
+
+:class:`Relay` sits between the journal's order and the publisher, in whichever process
+delivers: it holds every message ``live_after`` seconds, so the live job of a test that
+ends sooner is dropped (a test that ended needs no live message), and it re-sends the
+live jobs of tests still running on the heartbeat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from pytest_simscope.journal import Journal, JournalTail, _read_acked
+from pytest_simscope.messages import Envelope
+from pytest_simscope.publisher import Publisher, PublishStats
+from pytest_simscope.transports.base import Transport
+
+# How often the courier looks for new journal lines (seconds).
+POLL = 0.02
+# How much longer than the flush timeout the pytest process waits for the courier to
+# report before it queues the journal itself: the courier's own start, and the offline
+# queue writes after the deadline.
+CLOSE_GRACE = 15.0
+# Set to 1, the pytest process delivers in a thread of its own instead (tests use it).
+INPROCESS_ENV = "PYTEST_SIMSCOPE_INPROCESS"
+
+
+class Relay:
+    """Hold messages ``live_after`` seconds, in order, then hand them to *publisher*.
+
+    A ``job-live`` whose ``job-finish`` arrives while it is held is dropped.  The live
+    jobs handed on and not finished yet are re-sent every *heartbeat* seconds (0: never),
+    with a ``regr-update`` of how many are running (not for a shard).  Not thread-safe:
+    one caller at a time.
+    """
+
+    def __init__(
+        self, publisher: Publisher, *, live_after: float, heartbeat: float, shard: str | None
+    ) -> None:
+        self.publisher = publisher
+        self.live_after = max(0.0, live_after)
+        self.heartbeat = max(0.0, heartbeat)
+        self.shard = shard
+        # [due, seq, envelope, dropped]
+        self._held: deque[list[Any]] = deque()
+        self._held_lives: dict[str, list[Any]] = {}
+        # Live jobs handed on and not finished: uniqueid -> [envelope, last sent]
+        self._live: dict[str, list[Any]] = {}
+        self._last_seq = 0
+        self._next_beat: float | None = None
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def push(self, seq: int, envelope: Envelope, now: float) -> None:
+        """Take the message numbered *seq*, read at *now* (``time.monotonic()``)."""
+        self._last_seq = seq
+        kind = envelope.type
+        if kind == "job-finish" and self._held_lives:
+            uid = envelope.uniqueid
+            held = self._held_lives.pop(uid, None) if uid else None
+            if held is not None:
+                held[3] = True
+                self.publisher.stats.superseded += 1
+        if not self.live_after and not self._held:
+            self._release(seq, envelope, now)
+            return
+        entry = [now + self.live_after, seq, envelope, False]
+        self._held.append(entry)
+        if kind == "job-live":
+            uid = envelope.uniqueid
+            if uid:
+                self._held_lives[uid] = entry
+
+    def pump(self, now: float, *, everything: bool = False) -> None:
+        """Hand on every message held long enough (with *everything*: all of them)."""
+        held = self._held
+        while held and (everything or held[0][0] <= now):
+            entry = held.popleft()
+            envelope: Envelope = entry[2]
+            if envelope.type == "job-live":
+                uid = envelope.uniqueid
+                if uid and self._held_lives.get(uid) is entry:
+                    del self._held_lives[uid]
+            if not entry[3]:
+                self._release(entry[1], envelope, now)
+
+    def _release(self, seq: int, envelope: Envelope, now: float) -> None:
+        kind = envelope.type
+        if self.heartbeat and (kind == "job-live" or kind == "job-finish"):
+            uid = envelope.uniqueid
+            if uid:
+                if kind == "job-live":
+                    self._live[uid] = [envelope, now]
+                else:
+                    self._live.pop(uid, None)
+        self.publisher.publish(envelope, seq)
+
+    def beat(self, now: float) -> None:
+        """Re-send the live jobs that were last sent a heartbeat ago, if it is time."""
+        if not self.heartbeat:
+            return
+        if self._next_beat is None:
+            self._next_beat = now + min(self.heartbeat, 0.05)
+        if now < self._next_beat:
+            return
+        self._next_beat = now + min(self.heartbeat, 0.05)
+        if not self._live:
+            return
+        regression = ""
+        due = False
+        for entry in self._live.values():
+            envelope = entry[0]
+            regression = envelope.regression
+            if now - entry[1] >= self.heartbeat:
+                due = True
+                entry[1] = now
+                self.publisher.publish(envelope, self._last_seq)
+        if due and not self.shard:
+            body = {"name": regression, "running": len(self._live)}
+            self.publisher.publish(Envelope("regr-update", regression, body), self._last_seq)
+
+
+class LocalFront:
+    """No courier: the relay and the publisher's thread run in the pytest process."""
+
+    def __init__(self, publisher: Publisher, journal: Journal | None, relay: Relay) -> None:
+        self.publisher = publisher
+        self.journal = journal
+        self.relay = relay
+        self._lock = threading.Lock()
+        self._seq = 0
+        if relay.live_after or relay.heartbeat:
+            periods = [p for p in (relay.live_after, relay.heartbeat) if p > 0]
+            publisher.set_ticker(self._tick, min(0.05, *periods))
+
+    @property
+    def stats(self) -> PublishStats:
+        return self.publisher.stats
+
+    def start(self) -> None:
+        self.publisher.start()
+
+    def _note(self, message: str) -> None:
+        self.publisher._note(message)
+
+    def publish(self, envelope: Envelope) -> None:
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            if self.journal is not None:
+                try:
+                    self.journal.append(seq, envelope)
+                except Exception as exc:
+                    self.publisher._note(f"journal disabled: {exc}")
+                    self.journal = None
+                    self.publisher.journal = None
+            self.relay.push(seq, envelope, time.monotonic())
+            if self.relay.held:
+                self.relay.pump(time.monotonic())
+
+    def _tick(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self.relay.pump(now)
+            self.relay.beat(now)
+
+    def close(self, timeout: float) -> PublishStats:
+        with self._lock:
+            self.relay.pump(time.monotonic(), everything=True)
+        return self.publisher.close(timeout)
+
+
+class CourierFront:
+    """The pytest process's side of a courier: number and journal each message, no more."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        spool: Transport,
+        config: dict[str, Any],
+        *,
+        executable: str | None = None,
+    ) -> None:
+        self.journal = journal
+        self.spool = spool
+        self.stats = PublishStats()
+        self._warnings: list[str] = []
+        self._seq = 0
+        self._unjournaled: list[Envelope] = []
+        self._flush_timeout = float(config.get("flush_timeout", 5.0))
+        self._closed = False
+        fd = journal.fileno()
+        config = dict(config, journal=str(journal.path), fd=fd)
+        env = dict(os.environ)
+        # The courier imports this package from where this process found it.
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_root, env.get("PYTHONPATH", "")) if p
+        )
+        self._proc = subprocess.Popen(
+            [executable or sys.executable, "-m", "pytest_simscope.courier"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(fd,),
+            # Not in pytest's process group: Ctrl-C stops the tests, and the tests'
+            # end then stops the courier, after it delivered.
+            start_new_session=True,
+            env=env,
+        )
+        try:
+            assert self._proc.stdin is not None
+            # Credentials travel through the pipe only: never argv, never a file.
+            self._proc.stdin.write(json.dumps(config).encode("utf-8") + b"\n")
+            self._proc.stdin.flush()
+        except (OSError, ValueError):
+            pass  # a courier that is gone already: close() queues the journal itself
+
+    def start(self) -> None:
+        """Nothing: the courier started with this object."""
+
+    def _note(self, message: str) -> None:
+        self._warnings.append(message)
+
+    def publish(self, envelope: Envelope) -> None:
+        """Number and journal *envelope*: the courier does the rest."""
+        self._seq += 1
+        if self._unjournaled:
+            self._unjournaled.append(envelope)
+            return
+        try:
+            self.journal.append(self._seq, envelope)
+        except Exception as exc:
+            # The courier can no longer see what follows: keep it for close().
+            self._note(f"journal failed ({exc}); the rest of this run is queued at its end")
+            self._unjournaled.append(envelope)
+
+    def close(self, timeout: float) -> PublishStats:
+        """Have the courier finish within *timeout*; its figures (or queue it all here)."""
+        if self._closed:
+            return self.stats
+        self._closed = True
+        result: dict[str, Any] = {}
+        problem = ""
+        try:
+            out, _ = self._proc.communicate(b"close\n", timeout=max(0.0, timeout) + CLOSE_GRACE)
+            lines = out.decode("utf-8", "replace").strip().splitlines()
+            if lines:
+                result = json.loads(lines[-1])
+            if not isinstance(result, dict):
+                result = {}
+            if "stats" not in result:
+                problem = str(result.get("error") or f"it exited with {self._proc.returncode}")
+        except subprocess.TimeoutExpired:
+            problem = "it did not finish in time"
+            self._kill()
+        except (OSError, ValueError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+            self._kill()
+        if not problem:
+            try:
+                stats = PublishStats(**result["stats"])
+            except (TypeError, ValueError) as exc:
+                problem = f"unreadable figures: {exc}"
+        if problem:
+            stats = self._queue_journal(f"the delivery process failed ({problem})")
+        if self._unjournaled:
+            self._queue(stats, self._unjournaled)
+        stats.warnings = self._warnings + list(stats.warnings)
+        with contextlib.suppress(Exception):
+            # The courier removed the files once everything was settled; else they stay
+            # for the next run to recover.
+            self.journal.close(remove=False)
+        with contextlib.suppress(Exception):
+            self.spool.close()
+        self.stats = stats
+        return stats
+
+    def _kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self._proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+            self._proc.wait(5)
+
+    def _queue_journal(self, reason: str) -> PublishStats:
+        """Queue every journaled message not acknowledged yet: the courier is gone."""
+        stats = PublishStats(published=self._seq - len(self._unjournaled))
+        stats.fallback_reason = reason
+        tail = JournalTail(self.journal.path, self.journal.fileno())
+        try:
+            acked = _read_acked(tail.ack_path)
+            found = [envelope for seq, envelope in tail.read() if seq > acked]
+        except OSError as exc:
+            stats.warnings.append(f"{reason}; cannot read the journal: {exc}")
+            with contextlib.suppress(Exception):
+                tail.close(remove=False)
+            return stats
+        stats.jobs = sum(1 for e in found if e.type == "job-finish")
+        stats.warnings.append(f"{reason}; queued the rest of this run offline")
+        done = self._queue(stats, found)
+        with contextlib.suppress(Exception):
+            tail.close(remove=done)
+        return stats
+
+    def _queue(self, stats: PublishStats, envelopes: list[Envelope]) -> bool:
+        if not envelopes:
+            return True
+        with contextlib.suppress(Exception):
+            self.spool.delivered = 0
+        try:
+            self.spool.send(envelopes)
+        except Exception as exc:
+            written = 0
+            with contextlib.suppress(Exception):
+                written = max(0, min(int(self.spool.delivered), len(envelopes)))
+            stats.queued += written
+            stats.lost += len(envelopes) - written
+            stats.warnings.append(f"{exc}; {len(envelopes) - written} messages not queued")
+            return False
+        stats.queued += len(envelopes)
+        return True
+
+
+# -- the courier process -----------------------------------------------------------------
+
+
+def _transport(config: dict[str, Any], spool: Transport, warnings: list[str]) -> Transport:
+    url = config.get("url")
+    if not url:
+        return spool
+    from pytest_simscope.errors import PublishError, SettingsError
+    from pytest_simscope.transports.network import (
+        NetworkOptions,
+        network_transport,
+        with_credentials,
+    )
+
+    try:
+        options = NetworkOptions.from_settings(config["settings"])
+        return network_transport(
+            with_credentials(url, config.get("username"), config.get("password")), options
+        )
+    except (PublishError, SettingsError) as exc:
+        warnings.append(f"{exc}; using the offline queue")
+        return spool
+
+
+def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
+    """Deliver the journal named in *config* until *control* says ``close`` or closes."""
+    from pytest_simscope.errors import PublishError
+    from pytest_simscope.transports.queue import OfflineQueue
+    from pytest_simscope.transports.record import Recorder
+
+    spool = OfflineQueue(Path(config["queue_root"]), run_id=config["run_id"])
+    tail = JournalTail(Path(config["journal"]), int(config["fd"]))
+    warnings = list(config.get("warnings") or [])
+    transport = _transport(config, spool, warnings)
+    taps: list[Transport] = []
+    if config.get("record"):
+        try:
+            taps.append(Recorder(Path(config["record"])))
+        except PublishError as exc:
+            warnings.append(str(exc))
+    publisher = Publisher(
+        transport,
+        spool=spool,
+        taps=taps,
+        journal=tail,
+        batch_size=int(config.get("batch_size", 100)),
+        max_pending=int(config.get("max_pending", 10000)),
+        retry_budget=float(config.get("retry_budget", 30.0)),
+    )
+    for message in warnings:
+        publisher._note(message)
+    publisher.start()
+    relay = Relay(
+        publisher,
+        live_after=float(config.get("live_after", 0.0)),
+        heartbeat=float(config.get("heartbeat", 0.0)),
+        shard=config.get("shard") or None,
+    )
+    closing = False
+    while not closing:
+        ready, _, _ = select.select([control], [], [], POLL)
+        if ready:
+            try:
+                chunk = os.read(control, 4096)
+            except OSError:
+                chunk = b""
+            # "close", or the pytest process is gone: deliver what it journaled.
+            closing = not chunk or b"close" in chunk
+        now = time.monotonic()
+        for seq, envelope in tail.read():
+            relay.push(seq, envelope, now)
+        relay.pump(now, everything=closing)
+        relay.beat(now)
+    if tail.bad_lines:
+        publisher._note(f"{tail.bad_lines} unreadable journal lines skipped")
+    return publisher.close(float(config.get("flush_timeout", 5.0)))
+
+
+def _first_line(fd: int) -> bytes:
+    """The first line of *fd*, read without reading past it (the rest is for serve)."""
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        data += byte
+    return bytes(data)
+
+
+def main() -> int:
+    # Ctrl-C and a terminal's hang-up are for the tests: the courier ends when told to,
+    # or when the pytest process is gone, after it delivered.
+    for name in ("SIGINT", "SIGHUP", "SIGPIPE"):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    try:
+        config = json.loads(_first_line(0))
+        if not isinstance(config, dict):
+            raise ValueError("no configuration")
+        result: dict[str, Any] = {"stats": dataclasses.asdict(serve(config))}
+    except BaseException as exc:  # reported to the pytest process, which queues for us
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
