@@ -1,7 +1,10 @@
 """Peak memory of a 100,000-test pytest run with pytest-simscope, against the same run without.
 
 Each run is a fresh ``python -m pytest`` child whose peak resident set size is read from
-its own rusage (``os.wait4``, ``ru_maxrss``), so runs never see each other's peaks.
+its own rusage (``os.wait4``, ``ru_maxrss``), so runs never see each other's peaks.  The
+plugin delivers from a process of its own; its peak (``VmHWM``, sampled every 20 ms) is
+added to pytest's, as if both peaked at the same moment: the figure checked against the
+target is that sum, an upper bound of what the run holds at once.
 Variants: ``bare`` (``-p no:simscope``), ``offline`` (the offline queue, a fresh folder)
 and ``amqp`` (the local broker, a bench queue).  Target: at most 30 MB above bare.
 
@@ -91,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     queue.purge()
                     extra += [f"--simscope-url={AMQP_URL}", f"--simscope-amqp-queue={queue.name}"]
                 run = run_pytest([*PYTEST_ARGS, *extra], folder)
-                peaks[variant].append(run.maxrss_mb)
+                peaks[variant].append(run.total_mb)
                 walls[variant].append(run.wall)
                 check = ""
                 if run.rc != 0:
@@ -117,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         check += f"\n    {line}"
                 shutil.rmtree(queue_dir, ignore_errors=True)
                 print(
-                    f"round {index + 1} {variant:8} peak {run.maxrss_mb:7.1f} MiB"
+                    f"round {index + 1} {variant:8} peak {run.total_mb:7.1f} MiB"
+                    f" (pytest {run.maxrss_mb:.1f}, delivery process {run.helpers_mb:.1f})"
                     f"  wall {run.wall:7.2f} s  cpu {run.cpu:6.2f} s  {check}",
                     flush=True,
                 )

@@ -77,13 +77,50 @@ VARIANTS = ("bare", "disabled", "offline", "amqp", "http", "delay")
 
 @dataclass
 class Run:
-    """One child process: wall seconds, CPU seconds, peak RSS in MiB, exit code, output."""
+    """One child process: wall seconds, CPU seconds, peak RSS in MiB, exit code, output.
+
+    ``helpers_mb``: the peak RSS of the processes it started (pytest-simscope's delivery
+    process), summed, in MiB, sampled every 20 ms (``VmHWM``); ``cpu`` already includes
+    their CPU time (the child waits for them).
+    """
 
     wall: float
     cpu: float
     maxrss_mb: float
     rc: int
     output: str
+    helpers_mb: float = 0.0
+
+    @property
+    def total_mb(self) -> float:
+        """The peak of the child plus the peaks of its helpers (an upper bound)."""
+        return self.maxrss_mb + self.helpers_mb
+
+
+def _helper_peaks(parent: int, peaks: dict[int, int]) -> None:
+    """Record the ``VmHWM`` (KiB) of every delivery process whose parent is *parent*.
+
+    Only processes running ``pytest_simscope.courier``: between fork and exec a child
+    still shows its parent's memory.
+    """
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            if b"pytest_simscope.courier" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(
+            line.split(":", 1) for line in status.splitlines() if ":" in line
+        )
+        if fields.get("PPid", "").strip() != str(parent) or "VmHWM" not in fields:
+            continue
+        kib = int(fields["VmHWM"].split()[0])
+        peaks[pid] = max(peaks.get(pid, 0), kib)
 
 
 # Children keep compiled modules here: with PYTHONDONTWRITEBYTECODE set (as on some CI
@@ -111,16 +148,34 @@ def run_child(argv: Sequence[str], cwd: Path, timeout: float = RUN_TIMEOUT) -> R
         )
         watchdog = threading.Timer(timeout, proc.kill)
         watchdog.start()
+        peaks: dict[int, int] = {}
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.02):
+                _helper_peaks(proc.pid, peaks)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         finally:
             watchdog.cancel()
+            done.set()
+            sampler.join()
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read().decode("utf-8", "replace")
     # ru_maxrss is in KiB on Linux.
-    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode, text)
+    return Run(
+        wall,
+        usage.ru_utime + usage.ru_stime,
+        usage.ru_maxrss / 1024,
+        proc.returncode,
+        text,
+        sum(peaks.values()) / 1024,
+    )
 
 
 def run_pytest(args: Sequence[str], cwd: Path) -> Run:

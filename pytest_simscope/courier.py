@@ -32,15 +32,14 @@ live jobs of tests still running on the heartbeat.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import select
 import signal
-import subprocess
 import sys
 import threading
 import time
+import types
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,14 @@ from pytest_simscope.transports.base import Transport
 
 # How often the courier looks for new journal lines (seconds).
 POLL = 0.02
+# The courier reads the journal only while fewer messages than this wait in its memory
+# (the journal is the buffer: its memory stays small however far it lags), about
+# READ_BYTES at a time.  When more than ``max_pending`` lines wait unread, it spills
+# like the in-process publisher does, and the rest of the run goes to the offline queue.
+READ_AHEAD = 1000
+READ_BYTES = 256 << 10
+# The most messages a relay holds (see Relay.limit).
+HOLD_LIMIT = 5000
 # How much longer than the flush timeout the pytest process waits for the courier to
 # report before it queues the journal itself: the courier's own start, and the offline
 # queue writes after the deadline.
@@ -81,8 +88,13 @@ class Relay:
         self._held_lives: dict[str, list[Any]] = {}
         # Live jobs handed on and not finished: uniqueid -> [envelope, last sent]
         self._live: dict[str, list[Any]] = {}
-        self._last_seq = 0
+        # The number of the last message handed on: a heartbeat's re-send is numbered so
+        # (acking it must not vouch for messages still held).
+        self._released_seq = 0
         self._next_beat: float | None = None
+        # At most this many held: beyond, the oldest go on before their time (a flood of
+        # messages must not grow memory; some live jobs then go out that were not needed).
+        self.limit = HOLD_LIMIT
 
     @property
     def held(self) -> int:
@@ -90,7 +102,6 @@ class Relay:
 
     def push(self, seq: int, envelope: Envelope, now: float) -> None:
         """Take the message numbered *seq*, read at *now* (``time.monotonic()``)."""
-        self._last_seq = seq
         kind = envelope.type
         if kind == "job-finish" and self._held_lives:
             uid = envelope.uniqueid
@@ -107,19 +118,23 @@ class Relay:
             uid = envelope.uniqueid
             if uid:
                 self._held_lives[uid] = entry
+        if len(self._held) > self.limit:
+            self._release_held(self._held.popleft(), now)
 
     def pump(self, now: float, *, everything: bool = False) -> None:
         """Hand on every message held long enough (with *everything*: all of them)."""
         held = self._held
         while held and (everything or held[0][0] <= now):
-            entry = held.popleft()
-            envelope: Envelope = entry[2]
-            if envelope.type == "job-live":
-                uid = envelope.uniqueid
-                if uid and self._held_lives.get(uid) is entry:
-                    del self._held_lives[uid]
-            if not entry[3]:
-                self._release(entry[1], envelope, now)
+            self._release_held(held.popleft(), now)
+
+    def _release_held(self, entry: list[Any], now: float) -> None:
+        envelope: Envelope = entry[2]
+        if envelope.type == "job-live":
+            uid = envelope.uniqueid
+            if uid and self._held_lives.get(uid) is entry:
+                del self._held_lives[uid]
+        if not entry[3]:
+            self._release(entry[1], envelope, now)
 
     def _release(self, seq: int, envelope: Envelope, now: float) -> None:
         kind = envelope.type
@@ -130,6 +145,7 @@ class Relay:
                     self._live[uid] = [envelope, now]
                 else:
                     self._live.pop(uid, None)
+        self._released_seq = seq
         self.publisher.publish(envelope, seq)
 
     def beat(self, now: float) -> None:
@@ -151,10 +167,10 @@ class Relay:
             if now - entry[1] >= self.heartbeat:
                 due = True
                 entry[1] = now
-                self.publisher.publish(envelope, self._last_seq)
+                self.publisher.publish(envelope, self._released_seq)
         if due and not self.shard:
             body = {"name": regression, "running": len(self._live)}
-            self.publisher.publish(Envelope("regr-update", regression, body), self._last_seq)
+            self.publisher.publish(Envelope("regr-update", regression, body), self._released_seq)
 
 
 class LocalFront:
@@ -207,6 +223,27 @@ class LocalFront:
         return self.publisher.close(timeout)
 
 
+def _search_path() -> list[str]:
+    """The courier's import path: this package's folder, then what this process searched
+    when the plugin was loaded, in that order (standard library before site-packages),
+    without the folder pytest was started in (a module there must not stand in for one
+    the courier imports)."""
+    import pytest_simscope
+
+    package_root = str(Path(pytest_simscope.__file__).resolve().parent.parent)
+    path = [package_root]
+    for entry in pytest_simscope.STARTUP_PATH:
+        if (
+            entry
+            and os.path.isabs(entry)
+            and entry not in path
+            and entry != pytest_simscope.STARTUP_CWD
+            and os.path.exists(entry)
+        ):
+            path.append(entry)
+    return path
+
+
 class CourierFront:
     """The pytest process's side of a courier: number and journal each message, no more."""
 
@@ -218,6 +255,9 @@ class CourierFront:
         *,
         executable: str | None = None,
     ) -> None:
+        if os.name != "posix":
+            # It inherits the journal's descriptor and waits on a pipe with select().
+            raise OSError("a delivery process needs a POSIX system")
         self.journal = journal
         self.spool = spool
         self.stats = PublishStats()
@@ -227,23 +267,30 @@ class CourierFront:
         self._flush_timeout = float(config.get("flush_timeout", 5.0))
         self._closed = False
         fd = journal.fileno()
-        config = dict(config, journal=str(journal.path), fd=fd)
+        config = dict(config, journal=str(journal.path), fd=fd, parent=os.getpid())
+        import subprocess  # here: the courier process itself never needs it
+
+        self._subprocess = subprocess
         env = dict(os.environ)
-        # The courier imports this package from where this process found it.
-        package_root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_root, env.get("PYTHONPATH", "")) if p
-        )
+        # One malloc arena: the courier's few threads do not need their own, and each
+        # costs resident memory.
+        env.setdefault("MALLOC_ARENA_MAX", "1")
+        env["PYTHONPATH"] = os.pathsep.join(_search_path())
         self._proc = subprocess.Popen(
-            [executable or sys.executable, "-m", "pytest_simscope.courier"],
+            # -S: no site module (2-3 MB less for the whole run); the search path is
+            # given instead.
+            [executable or sys.executable, "-S", "-m", "pytest_simscope.courier"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            bufsize=0,  # a courier gone at once shows on the first write, not at close
             pass_fds=(fd,),
             # Not in pytest's process group: Ctrl-C stops the tests, and the tests'
             # end then stops the courier, after it delivered.
             start_new_session=True,
             env=env,
+            # Not the tests' folder: a module there must not stand in for one it imports.
+            cwd=str(journal.path.parent),
         )
         try:
             assert self._proc.stdin is not None
@@ -288,9 +335,12 @@ class CourierFront:
                 result = {}
             if "stats" not in result:
                 problem = str(result.get("error") or f"it exited with {self._proc.returncode}")
-        except subprocess.TimeoutExpired:
+        except self._subprocess.TimeoutExpired:
             problem = "it did not finish in time"
             self._kill()
+        except BrokenPipeError:  # gone before it read "close"
+            self._kill()
+            problem = f"it exited with {self._proc.returncode}"
         except (OSError, ValueError) as exc:
             problem = f"{type(exc).__name__}: {exc}"
             self._kill()
@@ -316,7 +366,7 @@ class CourierFront:
     def _kill(self) -> None:
         with contextlib.suppress(OSError):
             self._proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+        with contextlib.suppress(self._subprocess.TimeoutExpired, OSError):
             self._proc.wait(5)
 
     def _queue_journal(self, reason: str) -> PublishStats:
@@ -326,14 +376,21 @@ class CourierFront:
         tail = JournalTail(self.journal.path, self.journal.fileno())
         try:
             acked = _read_acked(tail.ack_path)
-            found = [envelope for seq, envelope in tail.read() if seq > acked]
+            journaled = tail.read()
+            found = [envelope for seq, envelope in journaled if seq > acked]
         except OSError as exc:
             stats.warnings.append(f"{reason}; cannot read the journal: {exc}")
             with contextlib.suppress(Exception):
                 tail.close(remove=False)
             return stats
-        stats.jobs = sum(1 for e in found if e.type == "job-finish")
-        stats.warnings.append(f"{reason}; queued the rest of this run offline")
+        stats.jobs = sum(1 for _, e in journaled if e.type == "job-finish")
+        # What it confirmed went to the destination (or, had it given up on it, to the
+        # offline queue): counted as delivered, which the warning says.
+        stats.delivered = len(journaled) - len(found)
+        stats.warnings.append(
+            f"{reason}; queued the rest of this run offline ({stats.delivered} messages "
+            "it had confirmed were delivered or queued by it)"
+        )
         done = self._queue(stats, found)
         with contextlib.suppress(Exception):
             tail.close(remove=done)
@@ -365,6 +422,13 @@ def _transport(config: dict[str, Any], spool: Transport, warnings: list[str]) ->
     url = config.get("url")
     if not url:
         return spool
+    if "pika.adapters.asyncio_connection" not in sys.modules:
+        # pika's adapters module imports its asyncio adapter, and with it asyncio (about
+        # 4 MB that stay in this process for the whole run); the select adapter used here
+        # never needs it.
+        stub = types.ModuleType("pika.adapters.asyncio_connection")
+        stub.AsyncioConnection = None  # type: ignore[attr-defined]
+        sys.modules[stub.__name__] = stub
     from pytest_simscope.errors import PublishError, SettingsError
     from pytest_simscope.transports.network import (
         NetworkOptions,
@@ -416,9 +480,11 @@ def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
         heartbeat=float(config.get("heartbeat", 0.0)),
         shard=config.get("shard") or None,
     )
+    parent = int(config.get("parent") or 0)
     closing = False
+    wait = POLL
     while not closing:
-        ready, _, _ = select.select([control], [], [], POLL)
+        ready, _, _ = select.select([control], [], [], wait)
         if ready:
             try:
                 chunk = os.read(control, 4096)
@@ -426,9 +492,22 @@ def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
                 chunk = b""
             # "close", or the pytest process is gone: deliver what it journaled.
             closing = not chunk or b"close" in chunk
+        elif parent and os.getppid() != parent:
+            # Gone, though a process it forked still holds the pipe open.
+            closing = True
         now = time.monotonic()
-        for seq, envelope in tail.read():
-            relay.push(seq, envelope, now)
+        wait = POLL
+        ahead = min(READ_AHEAD, publisher.max_pending)
+        if closing or publisher.overflowing or publisher.backlog < ahead:
+            found = tail.read(READ_BYTES, everything=closing)
+            for seq, envelope in found:
+                relay.push(seq, envelope, now)
+            if found:
+                wait = 0.0  # there may be more: read on at once
+        elif tail.written_beyond(int(publisher.max_pending * tail.average_line)):
+            publisher.overflow()
+        else:
+            wait = POLL / 4  # the sender is busy: look again soon
         relay.pump(now, everything=closing)
         relay.beat(now)
     if tail.bad_lines:
@@ -457,7 +536,7 @@ def main() -> int:
         config = json.loads(_first_line(0))
         if not isinstance(config, dict):
             raise ValueError("no configuration")
-        result: dict[str, Any] = {"stats": dataclasses.asdict(serve(config))}
+        result: dict[str, Any] = {"stats": serve(config).as_dict()}
     except BaseException as exc:  # reported to the pytest process, which queues for us
         result = {"error": f"{type(exc).__name__}: {exc}"}
     with contextlib.suppress(OSError, ValueError):

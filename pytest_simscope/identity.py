@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import re
 import threading
 import unicodedata
@@ -73,6 +72,8 @@ def _bounded(text: str, limit: int = MAX_UNIQUEID, keep: int = _ID_KEEP) -> str:
     """Keep *text* if short enough, else a prefix plus a hash of the whole."""
     if len(text) <= limit:
         return text
+    import hashlib  # only for the rare long id: it loads OpenSSL, a few MB
+
     digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return f"{text[:keep]}~{digest}"
 

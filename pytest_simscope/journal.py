@@ -205,9 +205,13 @@ class JournalTail:
         self._acked = 0
         self._closed = False
         self.bad_lines = 0
+        self.lines_read = 0
 
-    def read(self, limit: int = 1 << 20) -> list[tuple[int, Envelope]]:
-        """The messages written since the last call (whole lines only)."""
+    def read(self, limit: int = 1 << 20, *, everything: bool = True) -> list[tuple[int, Envelope]]:
+        """The messages written since the last call (whole lines only).
+
+        Without *everything*, about *limit* bytes of them at most (at least one line).
+        """
         found: list[tuple[int, Envelope]] = []
         while True:
             data = os.pread(self._fd, limit, self._offset)
@@ -222,13 +226,30 @@ class JournalTail:
                     continue
                 return found
             self._offset += end + 1
-            for line in data[:end].split(b"\n"):
+            lines = data[:end].split(b"\n")
+            self.lines_read += len(lines)
+            for line in lines:
                 try:
                     found.append(parse_line(line))
                 except (ValueError, KeyError, TypeError):
                     self.bad_lines += 1
-            if not whole:
+            if not whole or not everything:
                 return found
+
+    def written_beyond(self, size: int) -> bool:
+        """Whether the writer has written at least *size* bytes not read yet."""
+        if size <= 0:
+            return True
+        try:
+            byte = os.pread(self._fd, 1, self._offset + size - 1)
+        except OSError:
+            return False
+        return bool(byte) and byte != b"\0"
+
+    @property
+    def average_line(self) -> float:
+        """The average length of the lines read so far (bytes, newline included)."""
+        return self._offset / self.lines_read if self.lines_read else 512.0
 
     def append(self, seq: int, envelope: Envelope) -> None:
         """Nothing: the writer journaled it."""

@@ -39,15 +39,11 @@ is ignored when it returns.
 from __future__ import annotations
 
 import contextlib
-import pickle
-import random
-import struct
-import tempfile
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import IO, Protocol
 
 from pytest_simscope.errors import PermanentError, PublishError, TransientError
@@ -86,18 +82,55 @@ INLINE_AVERAGE = 0.0002
 ABANDON_GRACE = 0.5
 
 
-@dataclass
 class PublishStats:
-    """What became of the messages of one run."""
+    """What became of the messages of one run.
 
-    published: int = 0
-    delivered: int = 0
-    queued: int = 0
-    superseded: int = 0
-    lost: int = 0
-    jobs: int = 0
-    fallback_reason: str = ""
-    warnings: list[str] = field(default_factory=list)
+    A plain class (no dataclass): the delivery process imports this module, and every
+    module it loads stays in its memory for the whole run.
+    """
+
+    FIELDS = (
+        "published", "delivered", "queued", "superseded", "lost", "jobs", "fallback_reason",
+    )
+
+    def __init__(
+        self,
+        published: int = 0,
+        delivered: int = 0,
+        queued: int = 0,
+        superseded: int = 0,
+        lost: int = 0,
+        jobs: int = 0,
+        fallback_reason: str = "",
+        warnings: list[str] | None = None,
+    ) -> None:
+        self.published = published
+        self.delivered = delivered
+        self.queued = queued
+        self.superseded = superseded
+        self.lost = lost
+        self.jobs = jobs
+        self.fallback_reason = fallback_reason
+        self.warnings: list[str] = list(warnings or [])
+
+    def as_dict(self) -> dict[str, object]:
+        data: dict[str, object] = {name: getattr(self, name) for name in self.FIELDS}
+        data["warnings"] = list(self.warnings)
+        return data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PublishStats):
+            return NotImplemented
+        return self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())
+        return f"PublishStats({fields})"
+
+
+def _jitter() -> float:
+    """A random factor in [0.5, 1.5) (no ``random`` module: see PublishStats)."""
+    return 0.5 + int.from_bytes(os.urandom(4), "little") / 2**32
 
 
 class _Item:
@@ -129,6 +162,8 @@ class _Spill:
         self._broken: Exception | None = None
         self.error = ""
         try:
+            import tempfile  # only when the memory queue overflows
+
             self._file = tempfile.TemporaryFile(prefix="simscope-spill-")  # noqa: SIM115
         except OSError as exc:
             self.error = str(exc)
@@ -140,9 +175,11 @@ class _Spill:
     def append(self, item: _Item) -> None:
         if self._file is not None and not self._tail:
             try:
+                import pickle
+
                 data = pickle.dumps((item.seq, item.envelope), protocol=pickle.HIGHEST_PROTOCOL)
                 self._file.seek(self._write_at)
-                self._file.write(struct.pack("<I", len(data)) + data)
+                self._file.write(len(data).to_bytes(4, "little") + data)
                 self._file.flush()
                 self._write_at = self._file.tell()
             except Exception as exc:
@@ -163,9 +200,14 @@ class _Spill:
         items: list[_Item] = []
         if self._in_file and self._file is not None:
             try:
+                import pickle
+
                 self._file.seek(self._read_at)
                 while len(items) < limit and self._in_file:
-                    (size,) = struct.unpack("<I", self._file.read(4))
+                    head = self._file.read(4)
+                    if len(head) != 4:
+                        raise EOFError("spill file cut short")
+                    size = int.from_bytes(head, "little")
                     seq, envelope = pickle.loads(self._file.read(size))
                     items.append(_Item(seq, envelope))
                     self._in_file -= 1
@@ -332,6 +374,21 @@ class Publisher:
                     self._cond.notify()
         return direct
 
+    @property
+    def backlog(self) -> int:
+        """Messages in memory not settled yet (waiting or being sent)."""
+        return len(self._pending) + len(self._inflight)
+
+    @property
+    def overflowing(self) -> bool:
+        return self._overflow
+
+    def overflow(self) -> None:
+        """From now on, spill what is published (as when ``max_pending`` messages wait):
+        the delivery process found more than that many unread in the journal."""
+        with self._cond:
+            self._overflow = True
+
     def _spill_item(self, item: _Item) -> None:
         """Put *item* behind everything before it, outside memory (called under ``_cond``)."""
         if self._spill is None:
@@ -458,10 +515,11 @@ class Publisher:
                 if self._abandon or not self._waiting():
                     return
                 closing = self._closing
-            if not closing and self.linger:
+            if not closing and self.linger and len(self._pending) < GROUP_ITEMS:
                 # Let a few messages gather: fewer wake-ups fighting the tests for the GIL,
                 # and a fast test's live message is dropped before it is ever sent.  The
-                # end of the session (close) cuts the wait short.
+                # end of the session (close) cuts the wait short, and a full send group
+                # does not wait.
                 self._close_requested.wait(self.linger)
             with self._cond:
                 if self._abandon:
@@ -600,7 +658,7 @@ class Publisher:
                 if left <= 0:
                     self._give_up(self._reason(exc), wire)
                     return
-                delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * (0.5 + random.random())
+                delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * _jitter()
                 if self._close_at is None:
                     self._close_requested.wait(min(delay, left))
                 else:

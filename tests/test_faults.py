@@ -20,6 +20,7 @@ import contextlib
 import http.server
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -44,6 +45,7 @@ from brokerlib import (
     stop_broker_app,
 )
 
+from pytest_simscope.journal import parse_line
 from pytest_simscope.transports.queue import read_outbox
 
 Record = dict[str, Any]
@@ -213,6 +215,67 @@ def _finish_follows(records: Sequence[Record], index: int) -> bool:
         r["type"] == "job-finish" and r["body"].get("uniqueid") == uid
         for r in records[index + 1 :]
     )
+
+
+# -- the delivery process (courier) ----------------------------------------------------------
+
+
+def courier_pid(parent: int, timeout: float = 30) -> int:
+    """The pid of the courier that the pytest process *parent* started (waits for it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                status = (entry / "status").read_text(encoding="utf-8", errors="replace")
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue  # gone meanwhile
+            ppid = re.search(r"^PPid:\s*(\d+)", status, re.MULTILINE)
+            if ppid and int(ppid.group(1)) == parent and b"pytest_simscope.courier" in cmdline:
+                return int(entry.name)
+        assert time.monotonic() < deadline, f"pytest {parent} started no courier"
+        time.sleep(0.02)
+
+
+def process_gone(pid: int) -> bool:
+    """Whether *pid* ended (a zombie nobody reaps counts as ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True
+    # "pid (comm) state ...": comm may hold spaces and parentheses, the state follows the last.
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def journal_messages(path: Path) -> list[tuple[int, Record]]:
+    """The messages of one journal file as (seq, record), in sequence order.
+
+    The file is grown with zero bytes ahead of its lines; a last line cut short is left out.
+    """
+    data = path.read_bytes().split(b"\0", 1)[0]
+    numbered = []
+    for line in data.split(b"\n")[:-1]:
+        if line.strip():
+            seq, envelope = parse_line(line)
+            numbered.append((seq, envelope.as_record()))
+    numbered.sort(key=lambda item: item[0])
+    return numbered
+
+
+def journal_stream(path: Path) -> list[Record]:
+    """The messages of one journal file, in sequence order, as records."""
+    return [record for _, record in journal_messages(path)]
+
+
+def journal_acked(path: Path) -> int:
+    """The highest sequence number the ``.acks`` file beside journal *path* holds."""
+    try:
+        lines = path.with_suffix(".acks").read_text(encoding="utf-8").split()
+    except OSError:
+        return 0
+    return max((int(line) for line in lines if line.isdigit()), default=0)
 
 
 # -- running pytest ------------------------------------------------------------------------
@@ -749,6 +812,8 @@ def test_broker_stopped_and_started_during_the_run(
 def test_sigkill_in_the_middle_loses_nothing(
     runner: Runner, broker: BrokerInfo, broker_queue: str, recovery: str
 ) -> None:
+    # The courier first, then pytest: nobody is left to deliver, so the journal stays for
+    # the next run or drain to recover.  (pytest alone killed: test_courier.py.)
     runner.suite(passes=40, more=0, sleep=0.1)
     args = [
         sys.executable,
@@ -763,6 +828,7 @@ def test_sigkill_in_the_middle_loses_nothing(
             assert proc.poll() is None, "pytest ended before it could be killed"
             time.sleep(0.01)
         # Right after a job finished: its message is most likely not confirmed yet.
+        os.kill(courier_pid(proc.pid), signal.SIGKILL)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
@@ -772,14 +838,20 @@ def test_sigkill_in_the_middle_loses_nothing(
         if proc.stdout is not None:
             proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
-    recorded = load_record(runner.record)
     assert 10 <= finished_jobs(runner.record) < 41
     assert not run_finished(runner.record)
     journal = runner.queue_dir / "journal"
-    assert list(journal.glob("*.jsonl")), "the killed run left no journal"
+    [path] = journal.glob("*.jsonl")
+    # The record stopped with the courier; the journal holds everything pytest produced.
+    numbered = journal_messages(path)
+    recorded = [record for _, record in numbered]
+    assert recorded[0]["type"] == "regr-start"
+    assert "regr-finish" not in [r["type"] for r in recorded]
+    assert sum(r["type"] == "job-finish" for r in recorded) >= finished_jobs(runner.record)
+    acked = journal_acked(path)
+    unconfirmed = sum(1 for seq, _ in numbered if seq > acked)
     dead = runner.regression
     during = [r for r in broker_records(broker_queue) if r["regression"] == dead]
-    unconfirmed = len(recorded) - len(during)
 
     if recovery == "next-run":
         # The next run (offline, another regression) recovers the dead run's journal.
@@ -789,6 +861,8 @@ def test_sigkill_in_the_middle_loses_nothing(
         assert after.ret == pytest.ExitCode.OK
         recovered = [line for line in after.simscope_lines() if "recovered" in line]
         assert bool(recovered) == (unconfirmed > 0), after.simscope_lines()
+        if unconfirmed:
+            assert f"recovered {unconfirmed} unsent messages" in recovered[0]
         assert not list(journal.glob("*.jsonl"))
     # drain recovers the journal itself (when the next run did not) and delivers it all.
     deliver_queue(runner.queue_dir, broker_queue, dead)

@@ -53,3 +53,9 @@ def unroutable_message(exchange: str, routing_key: str | None, vhost: str | None
     if exchange:
         return f"message unroutable: exchange {exchange!r} routes key {routing_key!r} to no queue"
     return f"message unroutable: queue {routing_key!r} does not exist on virtual host {vhost!r}"
+
+
+# The tunnel transport's default command (here, so that naming it loads no subprocess code).
+DEFAULT_TUNNEL_COMMAND = (
+    "simscope-tunnel --config={config} --publish {type} --regression={regression} {file}"
+)

@@ -9,20 +9,17 @@ kind uses the ones that make sense for it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pytest_simscope.errors import SettingsError
 from pytest_simscope.redact import mask_url
-from pytest_simscope.transports.base import Transport
-from pytest_simscope.transports.tunnel import DEFAULT_COMMAND
+from pytest_simscope.transports.base import DEFAULT_TUNNEL_COMMAND, Transport
 
 SCHEMES = ("amqp", "amqps", "http", "https", "tunnel")
 
 
-@dataclass(frozen=True)
-class NetworkOptions:
+class NetworkOptions(NamedTuple):
     """Settings for the network transports.
 
     *vhost* is the HTTP API's virtual host, and the AMQP one when the URL names none.
@@ -40,7 +37,7 @@ class NetworkOptions:
     client_cert: str | None = None
     client_key: str | None = None
     timeout: float = 10.0
-    tunnel_command: str = DEFAULT_COMMAND
+    tunnel_command: str = DEFAULT_TUNNEL_COMMAND
     tunnel_timeout: float = 60.0
 
     @classmethod

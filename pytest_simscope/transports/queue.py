@@ -28,7 +28,6 @@ import json
 import os
 import socket
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -96,7 +95,7 @@ def write_atomic(path: Path, data: bytes, staging: Path | None = None) -> None:
     The temporary file is made in *staging* (same filesystem) when given, else beside
     *path*; it never stays behind.
     """
-    tmp = (staging or path.parent) / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp = (staging or path.parent) / f".{path.name}.{os.urandom(6).hex()}.tmp"
     try:
         _write_new(tmp, data)
         os.replace(tmp, path)
@@ -190,7 +189,7 @@ class OfflineQueue(Transport):
         created_by: str | None = None,
     ) -> None:
         self.root = Path(root)
-        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.run_id = run_id or os.urandom(6).hex()
         self.run_started = run_started or dt.datetime.now(dt.timezone.utc).isoformat()
         self.created_by = created_by or f"pytest-simscope {__version__} on {socket.gethostname()}"
         self.name = f"offline queue {self.root}"

@@ -22,11 +22,9 @@ from pathlib import Path
 from pytest_simscope.errors import PermanentError, SettingsError, TransientError
 from pytest_simscope.messages import Envelope
 from pytest_simscope.redact import mask_urls, redact
-from pytest_simscope.transports.base import Transport
+from pytest_simscope.transports.base import DEFAULT_TUNNEL_COMMAND, Transport
 
-DEFAULT_COMMAND = (
-    "simscope-tunnel --config={config} --publish {type} --regression={regression} {file}"
-)
+DEFAULT_COMMAND = DEFAULT_TUNNEL_COMMAND
 DEFAULT_CONFIG = "simscope-tunnel.conf"
 PLACEHOLDERS = frozenset({"type", "regression", "file", "config"})
 

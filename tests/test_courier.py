@@ -1,0 +1,462 @@
+"""Delivery from a process of its own (the courier), the relay that feeds it, and its faults.
+
+The relay is tested alone with a fake publisher and explicit clock values.  The rest runs
+pytest under ``pytester``: the same stream with the courier or the in-process fallback; a
+courier that cannot start, that exits at once, that is killed mid-run; pytest killed while
+its courier lives.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from brokerlib import BrokerInfo
+from published import (
+    assert_clean,
+    bare,
+    isolate_environment,
+    normalised,
+    recorded,
+    types,
+)
+from test_faults import (
+    Record,
+    Runner,
+    amqp_url,
+    broker_records,
+    courier_pid,
+    deliver_queue,
+    finished_jobs,
+    journal_stream,
+    load_record,
+    match_stream,
+    process_gone,
+    run_finished,
+)
+
+from pytest_simscope.courier import INPROCESS_ENV, Relay
+from pytest_simscope.messages import Envelope
+from pytest_simscope.publisher import Publisher, PublishStats
+from pytest_simscope.transports.queue import read_outbox
+
+# -- the relay -----------------------------------------------------------------------------
+
+R = "relay/1"
+
+
+class FakePublisher:
+    """Collects what the relay hands on."""
+
+    def __init__(self) -> None:
+        self.stats = PublishStats()
+        self.sent: list[tuple[Envelope, int | None]] = []
+
+    def publish(self, envelope: Envelope, seq: int | None = None) -> None:
+        self.sent.append((envelope, seq))
+
+    def taken(self) -> list[tuple[str, Any]]:
+        """What was handed on since the last call, as (type, uniqueid or body)."""
+        out: list[tuple[str, Any]] = [(e.type, e.uniqueid or e.body) for e, _ in self.sent]
+        self.sent.clear()
+        return out
+
+
+def relay(
+    fake: FakePublisher, *, live_after: float = 0.0, heartbeat: float = 0.0, shard: str = ""
+) -> Relay:
+    return Relay(
+        cast(Publisher, fake), live_after=live_after, heartbeat=heartbeat, shard=shard or None
+    )
+
+
+def start() -> Envelope:
+    return Envelope("regr-start", R, {"name": R})
+
+
+def live(uid: str) -> Envelope:
+    return Envelope("job-live", R, {"uniqueid": uid, "result": "live"})
+
+
+def finish(uid: str) -> Envelope:
+    return Envelope("job-finish", R, {"uniqueid": uid, "result": "pass"})
+
+
+def test_relay_without_a_hold_hands_everything_on_at_once_in_order() -> None:
+    fake = FakePublisher()
+    r = relay(fake)
+    stream = [start(), live("a"), live("b"), finish("a"), finish("b")]
+    for seq, envelope in enumerate(stream, start=1):
+        r.push(seq, envelope, 0.0)
+    assert r.held == 0
+    assert fake.sent == [(e, seq) for seq, e in enumerate(stream, start=1)]
+    assert fake.stats.superseded == 0
+
+
+def test_relay_holds_each_message_live_after_seconds_in_order() -> None:
+    fake = FakePublisher()
+    r = relay(fake, live_after=1.0)
+    r.push(1, start(), 0.0)
+    r.push(2, live("a"), 0.25)
+    r.push(3, finish("b"), 0.5)
+    r.pump(0.99)
+    assert fake.taken() == []
+    r.pump(1.0)
+    assert fake.taken() == [("regr-start", {"name": R})]
+    r.pump(1.25)
+    # Its finish has not come: the live job goes out once it is due.
+    assert fake.taken() == [("job-live", "a")]
+    r.pump(1.49)
+    assert fake.taken() == []
+    r.pump(1.5)
+    assert fake.sent == [(finish("b"), 3)]
+    assert r.held == 0
+
+
+def test_relay_drops_a_held_live_job_whose_finish_arrived() -> None:
+    fake = FakePublisher()
+    r = relay(fake, live_after=0.1)
+    r.push(1, live("a"), 0.0)
+    r.push(2, live("b"), 0.01)
+    r.push(3, finish("a"), 0.05)
+    r.pump(1.0)
+    assert fake.taken() == [("job-live", "b"), ("job-finish", "a")]
+    assert fake.stats.superseded == 1
+    # A live job already handed on stays: its finish just follows.
+    r.push(4, finish("b"), 1.0)
+    r.pump(2.0)
+    assert fake.taken() == [("job-finish", "b")]
+    assert fake.stats.superseded == 1
+
+
+def test_relay_pump_everything_releases_all_held() -> None:
+    fake = FakePublisher()
+    r = relay(fake, live_after=10.0)
+    r.push(1, start(), 0.0)
+    r.push(2, live("a"), 0.0)
+    r.push(3, live("b"), 0.0)
+    r.push(4, finish("b"), 0.0)
+    r.pump(0.0, everything=True)
+    assert fake.taken() == [("regr-start", {"name": R}), ("job-live", "a"), ("job-finish", "b")]
+    assert r.held == 0
+    assert fake.stats.superseded == 1
+
+
+def test_heartbeat_resends_a_running_live_job_with_the_running_count() -> None:
+    fake = FakePublisher()
+    r = relay(fake, heartbeat=1.0)
+    r.push(1, live("a"), 0.0)
+    r.push(2, live("b"), 0.5)
+    r.beat(0.0)
+    r.beat(0.9)
+    assert fake.taken() == [("job-live", "a"), ("job-live", "b")]
+    r.beat(1.0)
+    assert fake.taken() == [("job-live", "a"), ("regr-update", {"name": R, "running": 2})]
+    r.beat(1.5)
+    assert fake.taken() == [("job-live", "b"), ("regr-update", {"name": R, "running": 2})]
+    # The same job, resent as it was.
+    r.beat(2.0)
+    assert fake.sent[0][0] == live("a")
+
+
+def test_heartbeat_for_a_shard_sends_no_regression_update() -> None:
+    fake = FakePublisher()
+    r = relay(fake, heartbeat=1.0, shard="2/4")
+    r.push(1, live("a"), 0.0)
+    r.beat(0.0)
+    r.beat(1.0)
+    assert fake.taken() == [("job-live", "a"), ("job-live", "a")]
+
+
+def test_heartbeat_stops_once_the_job_finished() -> None:
+    fake = FakePublisher()
+    r = relay(fake, heartbeat=1.0)
+    r.push(1, live("a"), 0.0)
+    r.beat(0.0)
+    r.push(2, finish("a"), 0.5)
+    r.beat(1.0)
+    r.beat(5.0)
+    assert fake.taken() == [("job-live", "a"), ("job-finish", "a")]
+
+
+def test_heartbeat_counts_from_when_a_live_job_left_the_hold() -> None:
+    fake = FakePublisher()
+    r = relay(fake, live_after=0.5, heartbeat=1.0)
+    r.push(1, live("a"), 0.0)
+    r.beat(0.0)
+    r.beat(1.0)  # due, but still held (not pumped): nothing to resend
+    assert fake.taken() == []
+    r.pump(1.0)
+    r.beat(1.5)
+    assert fake.taken() == [("job-live", "a")]
+    r.beat(2.0)
+    assert fake.taken() == [("job-live", "a"), ("regr-update", {"name": R, "running": 1})]
+
+
+# -- the same stream either way ------------------------------------------------------------
+
+SUITE = """
+import time
+
+import pytest
+
+
+def test_pass():
+    pass
+
+
+def test_fail():
+    assert 1 + 1 == 3
+
+
+@pytest.mark.skip(reason="not today")
+def test_skip():
+    pass
+
+
+@pytest.mark.xfail(reason="known bug")
+def test_xfail():
+    assert False
+
+
+def test_slow():
+    time.sleep(0.3)
+"""
+TESTS = [f"test_suite.py::test_{name}" for name in ("pass", "fail", "skip", "xfail", "slow")]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    isolate_environment(monkeypatch)
+
+
+def queue_root(pytester: pytest.Pytester) -> Path:
+    return pytester.path / ".simscope" / "queue"
+
+
+def queued(pytester: pytest.Pytester) -> list[Record]:
+    return read_outbox(queue_root(pytester))
+
+
+def assert_whole_run(records: list[Record]) -> None:
+    """One regr-start, one regr-finish, one job-finish per test of SUITE; no problem."""
+    kinds = types(records)
+    assert kinds.count("regr-start") == kinds.count("regr-finish") == 1
+    finishes = sorted(r["body"]["uniqueid"] for r in records if r["type"] == "job-finish")
+    assert finishes == sorted(TESTS)
+    assert_clean(records)
+
+
+def test_the_in_process_fallback_publishes_the_same_stream(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    result, courier_records = recorded(pytester, subprocess=True)
+    courier_queue = queued(pytester)
+    shutil.rmtree(pytester.path / ".simscope")
+    monkeypatch.setenv(INPROCESS_ENV, "1")
+    local_result, local_records = recorded(pytester, subprocess=True)
+    local_queue = queued(pytester)
+
+    assert result.ret == local_result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=2, failed=1, skipped=1, xfailed=1)
+    assert_whole_run(courier_records)
+    assert normalised(courier_records) == normalised(local_records)
+    assert types(courier_queue) == types(local_queue) == types(courier_records)
+    for output in (result.outlines, local_result.outlines):
+        assert not [line for line in output if line.startswith("simscope: warning")]
+
+
+# -- the courier does not do its job ---------------------------------------------------------
+
+
+def test_a_courier_that_cannot_be_started_leaves_publishing_to_pytest(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    expected = bare(pytester).ret
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    result, records = recorded(pytester, subprocess=False)
+
+    assert result.ret == expected == pytest.ExitCode.TESTS_FAILED
+    assert_whole_run(records)
+    assert types(queued(pytester)) == types(records)
+    result.stdout.fnmatch_lines(
+        ["simscope: warning: cannot start the delivery process (*); publishing from this one"]
+    )
+    assert not list((queue_root(pytester) / "journal").glob("*.jsonl"))
+
+
+def test_a_courier_that_exits_at_once_leaves_the_whole_run_queued(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    expected = bare(pytester).ret
+    script = tmp_path / "exits"
+    script.write_text("#!/bin/sh\nexit 1\n", encoding="utf-8")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(script))
+    result, _ = recorded(pytester, subprocess=False)
+
+    assert result.ret == expected == pytest.ExitCode.TESTS_FAILED
+    assert_whole_run(queued(pytester))
+    # "(it exited with 1)", or a broken pipe when it was gone before its configuration
+    # was written.
+    result.stdout.fnmatch_lines(
+        [
+            "simscope: warning: the delivery process failed (*); "
+            "queued the rest of this run offline (*)"
+        ]
+    )
+    assert not list((queue_root(pytester) / "journal").glob("*.jsonl"))
+
+
+# -- processes killed (the real broker) --------------------------------------------------------
+
+# Copies the journal when the session closes its courier: the whole run as pytest produced
+# it, for a run whose record stops with a killed courier.
+SNAPSHOT_CONFTEST = """
+import shutil
+
+from pytest_simscope import courier
+
+_close = courier.CourierFront.close
+
+
+def close(self, timeout):
+    shutil.copyfile(self.journal.path, {snapshot!r})
+    return _close(self, timeout)
+
+
+courier.CourierFront.close = close
+"""
+
+
+@pytest.fixture
+def runner(pytester: pytest.Pytester) -> Runner:
+    return Runner(pytester)
+
+
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Start pytest processes with ``started.append``; killed if a test leaves them."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+def popen_run(runner: Runner, broker_queue: str, output: Path) -> subprocess.Popen[bytes]:
+    args = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *runner.args(f"--simscope-url={amqp_url()}", f"--simscope-amqp-queue={broker_queue}"),
+    ]
+    with output.open("w", encoding="utf-8") as sink:
+        proc: subprocess.Popen[bytes] = runner.pytester.popen(
+            args, stdout=sink, stderr=subprocess.STDOUT
+        )
+    return proc
+
+
+def wait_for_jobs(runner: Runner, proc: subprocess.Popen[bytes], jobs: int) -> None:
+    deadline = time.monotonic() + 60
+    while finished_jobs(runner.record) < jobs:
+        assert proc.poll() is None, "pytest ended before it could be killed"
+        assert time.monotonic() < deadline, f"the record never reached {jobs} jobs"
+        time.sleep(0.01)
+
+
+def test_a_courier_killed_mid_run_loses_nothing(
+    runner: Runner,
+    broker: BrokerInfo,
+    broker_queue: str,
+    started: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    runner.suite(passes=30, more=0, sleep=0.1)
+    snapshot = tmp_path / "journal.jsonl"
+    runner.pytester.makeconftest(SNAPSHOT_CONFTEST.format(snapshot=str(snapshot)))
+    output = tmp_path / "output.txt"
+    proc = popen_run(runner, broker_queue, output)
+    started.append(proc)
+    wait_for_jobs(runner, proc, 8)
+    os.kill(courier_pid(proc.pid), signal.SIGKILL)
+    mid_run = not run_finished(runner.record)
+    proc.wait(120)
+    text = output.read_text(encoding="utf-8", errors="replace")
+
+    assert mid_run, "the run was over before the courier was killed"
+    assert proc.returncode == runner.bare() == pytest.ExitCode.TESTS_FAILED
+    assert "Traceback" not in text and "INTERNALERROR" not in text
+    assert any(
+        line.startswith(
+            "simscope: warning: the delivery process failed (it exited with -9); "
+            "queued the rest of this run offline ("
+        )
+        for line in text.splitlines()
+    ), text
+    assert not list((runner.queue_dir / "journal").glob("*.jsonl"))
+    whole = journal_stream(snapshot)
+    assert whole[0]["type"] == "regr-start"
+    assert whole[-1]["type"] == "regr-finish"
+    during = broker_records(broker_queue)
+    queued_now = deliver_queue(runner.queue_dir, broker_queue, runner.regression)
+    assert queued_now, "nothing was left to queue"
+    after = broker_records(broker_queue)
+    # What the courier delivered, then the queue, is everything pytest journaled, in
+    # order (messages delivered but not acknowledged when the courier died arrive twice).
+    match = match_stream(whole, during + after)
+    assert match.duplicates <= 512
+
+
+def test_pytest_killed_leaves_its_courier_to_deliver_everything(
+    runner: Runner,
+    broker: BrokerInfo,
+    broker_queue: str,
+    started: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    runner.suite(passes=40, more=0, sleep=0.1)
+    proc = popen_run(runner, broker_queue, tmp_path / "output.txt")
+    started.append(proc)
+    wait_for_jobs(runner, proc, 10)
+    courier = courier_pid(proc.pid)
+    # The courier paused while pytest dies: the journal is then read whole before it
+    # is delivered and removed.
+    os.kill(courier, signal.SIGSTOP)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        [path] = (runner.queue_dir / "journal").glob("*.jsonl")
+        whole = journal_stream(path)
+    finally:
+        os.kill(courier, signal.SIGCONT)
+    assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while not process_gone(courier):
+        assert time.monotonic() < deadline, "the courier did not finish"
+        time.sleep(0.05)
+
+    assert list((runner.queue_dir / "journal").iterdir()) == []
+    assert whole[0]["type"] == "regr-start"
+    assert "regr-finish" not in types(whole)
+    assert sum(r["type"] == "job-finish" for r in whole) >= 10
+    record = load_record(runner.record)
+    got = broker_records(broker_queue)
+    assert runner.queued() == []
+    # Everything journaled is at the broker, once, in order, and in the record.
+    assert match_stream(whole, got).duplicates == 0
+    assert match_stream(whole, record).duplicates == 0
+    assert match_stream(record, got).duplicates == 0
