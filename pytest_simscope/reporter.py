@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import pytest
 
 from pytest_simscope.failures import fail_message, first_line
-from pytest_simscope.identity import StartClock, job_slug, make_uniqueid, safe_slug
+from pytest_simscope.identity import SeenHashes, StartClock, job_slug, make_uniqueid, safe_slug
 from pytest_simscope.messages import (
     DATA_ATTR,
     MAX_JOB_MS,
@@ -177,8 +177,10 @@ class SimscopeReporter:
         self._hook_failed = False
         self._clock = StartClock()
         self._open: dict[tuple[str | None, str], _Open] = {}
-        # How often each test ran so far, by node id (with the worker under --dist each).
+        # How often each test that ran more than once ran so far, by node id (with the
+        # worker under --dist each); _seen knows which ran at all.
         self._occurrences: dict[Any, int] = {}
+        self._seen = SeenHashes()
         self._collect_failed: set[str] = set()
         # Jobs a worker_down already failed: xdist's own crash report for them follows.
         self._crashed: set[tuple[str | None, str]] = set()
@@ -277,8 +279,12 @@ class SimscopeReporter:
     def _open_job(self, report: Any, key: tuple[str | None, str], data: dict[str, Any]) -> _Open:
         nodeid = key[1]
         seen: Any = key if self.dist_each else nodeid
-        count = self._occurrences.get(seen, 0) + 1
-        self._occurrences[seen] = count
+        # Nearly every node id runs once: only repeats are counted by name.
+        if self._seen.add(f"{key[0]}\x00{nodeid}" if self.dist_each else nodeid):
+            count = self._occurrences.get(seen, 1) + 1
+            self._occurrences[seen] = count
+        else:
+            count = 1
         uniqueid = make_uniqueid(
             nodeid,
             worker=key[0] if self.dist_each else None,

@@ -11,7 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_simscope.identity import MAX_UNIQUEID, StartClock, job_slug, make_uniqueid, safe_slug
+from pytest_simscope.identity import (
+    MAX_UNIQUEID,
+    SeenHashes,
+    StartClock,
+    job_slug,
+    make_uniqueid,
+    safe_slug,
+)
 
 SAFE = re.compile(r"[A-Za-z0-9._-]*")
 RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{d}{i}" for d in ("COM", "LPT") for i in range(10)}
@@ -255,3 +262,15 @@ def test_start_clock_gives_the_first_free_microsecond(offsets: list[int]) -> Non
             expected += 1
         taken.add(expected)
         assert clock.claim_micros((base + offset) / 1_000_000) == expected
+
+
+@settings(max_examples=50, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.text(max_size=12), max_size=300))
+def test_seen_hashes_agrees_with_a_set(texts: list[str]) -> None:
+    seen = SeenHashes()
+    seen.MERGE_AT = 7  # merge often: both halves are searched
+    plain: set[str] = set()
+    for text in texts:
+        assert seen.add(text) == (text in plain)
+        plain.add(text)
+    assert len(seen) == len(plain)

@@ -563,3 +563,16 @@ def test_fail_message_within_a_small_limit(pytester: pytest.Pytester) -> None:
     message = job(records, "test_small.py::test_long_summary")["fail_message"]
     assert message.startswith("AssertionError: SSS")
     assert len(message) <= 200
+
+
+def test_a_test_run_twice_in_one_session_is_two_jobs(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_twice="def test_a():\n    pass\n\ndef test_b():\n    assert 0\n")
+    result, records = recorded(pytester, "--keep-duplicates", "test_twice.py", "test_twice.py")
+    result.assert_outcomes(passed=2, failed=2)
+    finishes = [(b["uniqueid"], b["result"]) for b in bodies(records, "job-finish")]
+    assert finishes == [
+        ("test_twice.py::test_a", "pass"),
+        ("test_twice.py::test_b", "fail"),
+        ("test_twice.py::test_a#2", "pass"),
+        ("test_twice.py::test_b#2", "fail"),
+    ]
