@@ -273,6 +273,32 @@ class WorkerSide(RunningItem):
         attach_running(self._item, report)
 
 
+def running_data(item: pytest.Item | None, report: pytest.TestReport) -> dict[str, Any] | None:
+    """What :func:`attach_data` would put on *report*, for the process that publishes it
+    (nothing is set on the report: most tests have no marker and add no metadata, and
+    this is asked three times a test)."""
+    when = report.when
+    if item is None or when == "call" or item.nodeid != report.nodeid:
+        return None
+    try:
+        if when == "setup":
+            if not _has_marker(item):
+                return None
+            fields = {k: v for k, v in _marker_data(item).items() if k != "metadata"}
+            return fields or None
+        if when != "teardown":
+            return None
+        added = item.stash.get(metadata_key, None)
+        marked = _has_marker(item)
+        if not added and not marked:
+            return None
+        metadata = list(_marker_data(item).get("metadata", [])) if marked else []
+        metadata += [list(p) for p in added or ()]
+        return {"metadata": metadata} if metadata else None
+    except Exception:  # a broken marker must not cost the result
+        return None
+
+
 def attach_running(item: pytest.Item | None, report: pytest.TestReport) -> None:
     """:func:`attach_data` for a report of *item*, the test being run in this process."""
     if item is not None and report.when != "call" and item.nodeid == report.nodeid:

@@ -14,6 +14,7 @@ decides its result and metadata counts the reruns.
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 import socket
 import time
@@ -31,6 +32,8 @@ from pytest_simscope.messages import (
     Envelope,
     MessageType,
     _clean_str,
+    dumps,
+    encode,
     epoch_micros,
     metadata_pairs,
     stamp,
@@ -45,6 +48,16 @@ class Sink(Protocol):
     def publish(self, envelope: Envelope) -> None: ...
 
     def _note(self, message: str) -> None: ...
+
+
+_json_string = json.encoder.encode_basestring  # what dumps writes for a str
+
+_RESULTS = {result: f'"{result}"'.encode() for result in ("pass", "fail", "skip")}
+
+
+def _json(text: str) -> bytes:
+    """A string as ``dumps`` writes it, encoded."""
+    return encode(_json_string(text))
 
 
 _PHASE_PREFIX = {"setup": "setup error: ", "teardown": "teardown error: ", "subtest": ""}
@@ -62,6 +75,7 @@ class _Open:
         "metadata",
         "nodeid",
         "outcome",
+        "raw",
         "rerun_pending",
         "reruns",
         "sections",
@@ -95,6 +109,8 @@ class _Open:
         self.testgroup = testgroup
         # Its live job was published (its setup did not skip).
         self.live_sent = False
+        # The JSON of its body before and after the result (see SimscopeReporter._raw).
+        self.raw: tuple[bytes, bytes] | None = None
         self.reruns = 0
         self.subtests: dict[str, int] = {}
         self.outcome = "passed"  # of the current attempt: passed, failed, skipped
@@ -162,6 +178,7 @@ class SimscopeReporter:
         seed: str | None = None,
         dist_each: bool = False,
         secrets: Sequence[str] = (),
+        raw_bodies: bool = False,
     ) -> None:
         self.secrets = list(secrets)
         self.config = config
@@ -194,6 +211,22 @@ class SimscopeReporter:
         self.start_epoch = time.time()
         self._base_metadata = list(self.settings.metadata)
         self._build = self.settings.build
+        # raw_bodies: the sink only needs each job message's bytes (a courier reads them
+        # back), so bodies are written as JSON directly from parts encoded once per job
+        # or per run, not built as dicts and encoded.  Not with a pytest_simscope_job
+        # hook, which gets the job as an object.
+        self._raw = raw_bodies and job_hook is None
+        self._raw_heads: dict[str, bytes] = {}
+        self._raw_run = b',"host":' + _json(self.host)
+        if self._build:
+            self._raw_run += b',"build":' + _json(self._build)
+        if self.seed:
+            self._raw_run += b',"seed":' + _json(self.seed)
+        self._raw_meta = (
+            b',"metadata":' + encode(dumps([list(p) for p in self._base_metadata]))
+            if self._base_metadata
+            else b""
+        )
         self.jobdir_root = Path(self.settings.jobdir_root) if self.settings.jobdir_root else None
 
     # -- regression ----------------------------------------------------------------------
@@ -321,6 +354,24 @@ class SimscopeReporter:
             body["seed"] = self.seed
         return body
 
+    def _raw_parts(self, job: _Open) -> tuple[bytes, bytes]:
+        """``_job_body`` as JSON: what comes before the result's value and after it."""
+        raw = job.raw
+        if raw is None:
+            head = self._raw_heads.get(job.category)
+            if head is None:
+                head = self._raw_heads[job.category] = (
+                    b'{"category":' + _json(job.category) + b',"uniqueid":'
+                )
+            tail = b',"start_time":"%b","config":%b' % (
+                job.start_time.encode("ascii"), _json(_clean_str(job.nodeid))
+            )
+            if job.testgroup:
+                tail += b',"testgroup":' + _json(_clean_str(job.testgroup))
+            tail += self._raw_run
+            raw = job.raw = (head + _json(job.uniqueid) + b',"result":', tail)
+        return raw
+
     def _publish_job(self, kind: MessageType, body: dict[str, Any], report: Any) -> None:
         if self._job_hook is not None:
             try:
@@ -342,12 +393,20 @@ class SimscopeReporter:
         # Published at setup; whoever delivers holds it live_after seconds and drops it
         # if the test ended by then (see courier.Relay).
         job.live_sent = True
+        if self._raw:
+            head, tail = self._raw_parts(job)
+            envelope = Envelope("job-live", self.regression)
+            envelope._raw = b"".join((head, b'"live"', tail, self._raw_meta, b"}"))
+            self.publisher.publish(envelope)
+            return
         body = self._job_body(job, "live")
         if self._base_metadata:
             body["metadata"] = list(self._base_metadata)
         self._publish_job("job-live", body, report)
 
-    def logreport(self, report: pytest.TestReport) -> None:
+    def logreport(self, report: pytest.TestReport, local: dict[str, Any] | None = None) -> None:
+        """Take one report; *local*: its marker fields and metadata when this process ran
+        the test (an xdist worker's report carries them as an attribute instead)."""
         # Called three times for every test: attributes are read from the instance dict
         # where possible (a missing attribute through getattr() costs an exception).
         extra = getattr(report, "__dict__", None)
@@ -356,7 +415,7 @@ class SimscopeReporter:
         worker = _worker_of(extra) if "node" in extra or "worker_id" in extra else None
         key = (worker, report.nodeid)
         when = report.when
-        data = extra.get(DATA_ATTR) or {}
+        data = local if local is not None else extra.get(DATA_ATTR) or {}
         if not isinstance(data, dict):
             data = {}
         job = self._open.get(key)
@@ -486,25 +545,44 @@ class SimscopeReporter:
                     "regr-update", self._regression(submitted=self._submitted - self._omitted)
                 )
             return
-        body = self._job_body(job, result)
         start = job.start_epoch
         stop = job.stop_epoch or time.time()
+        compute = runtime = -1
         if result != "skip":
             compute = min(MAX_JOB_MS, max(0, round(job.duration * 1000)))
-            body["compute_ms"] = compute
-            body["runtime_ms"] = min(MAX_JOB_MS, max(compute, round((stop - start) * 1000)))
-        body["finish_time"] = stamp(epoch_micros(stop if stop > start else start))
+            runtime = min(MAX_JOB_MS, max(compute, round((stop - start) * 1000)))
+        finish_time = stamp(epoch_micros(stop if stop > start else start))
         message = self._failure_text(job, why) if result == "fail" else ""
-        body["fail_message"] = message
         metadata = self._job_metadata(job, result)
-        if metadata:
-            body["metadata"] = metadata
-        if self.jobdir_root is not None:
-            jobdir = self._write_log(job, message)
-            if jobdir:
-                body["jobdir"] = jobdir
+        jobdir = self._write_log(job, message) if self.jobdir_root is not None else None
         self._finished += 1
         self._results[result] += 1
+        if self._raw:
+            head, tail = self._raw_parts(job)
+            parts = [head, _RESULTS[result], tail]
+            if compute >= 0:
+                parts.append(b',"compute_ms":%d,"runtime_ms":%d' % (compute, runtime))
+            parts.append(b',"finish_time":"%b","fail_message":' % finish_time.encode("ascii"))
+            parts.append(_json(message) if message else b'""')
+            if metadata:
+                parts.append(b',"metadata":' + encode(dumps([list(p) for p in metadata])))
+            if jobdir:
+                parts.append(b',"jobdir":' + _json(jobdir))
+            parts.append(b"}")
+            envelope = Envelope("job-finish", self.regression)
+            envelope._raw = b"".join(parts)
+            self.publisher.publish(envelope)
+            return
+        body = self._job_body(job, result)
+        if compute >= 0:
+            body["compute_ms"] = compute
+            body["runtime_ms"] = runtime
+        body["finish_time"] = finish_time
+        body["fail_message"] = message
+        if metadata:
+            body["metadata"] = metadata
+        if jobdir:
+            body["jobdir"] = jobdir
         self._publish_job("job-finish", body, job.last_report)
 
     def _job_metadata(self, job: _Open, result: str) -> list[tuple[str, str]]:

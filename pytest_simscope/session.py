@@ -22,7 +22,7 @@ import pytest
 from pytest_simscope import courier
 from pytest_simscope.errors import PublishError, SettingsError
 from pytest_simscope.journal import Journal, recover
-from pytest_simscope.plugin import RunningItem, attach_running
+from pytest_simscope.plugin import RunningItem, running_data
 from pytest_simscope.publisher import Publisher, PublishStats
 from pytest_simscope.redact import mask_url, mask_urls, redact
 from pytest_simscope.reporter import SimscopeReporter
@@ -226,6 +226,8 @@ class SimscopePlugin(RunningItem):
                 seed=seed,
                 dist_each=getattr(self.config.option, "dist", "no") == "each",
                 secrets=self._secrets,
+                # A courier reads the journal back: only the bytes of each job count.
+                raw_bodies=isinstance(self.publisher, courier.CourierFront),
             )
             self.reporter.start()
         except Exception as exc:  # publishing must never stop the tests
@@ -263,9 +265,8 @@ class SimscopePlugin(RunningItem):
         reporter = self.reporter
         if reporter is None:
             return
-        attach_running(self._item, report)
         try:
-            reporter.logreport(report)
+            reporter.logreport(report, running_data(self._item, report))
         except Exception as exc:
             self._internal_error("test report", exc)
 

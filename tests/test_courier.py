@@ -9,6 +9,7 @@ its courier lives.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -460,3 +461,52 @@ def test_pytest_killed_leaves_its_courier_to_deliver_everything(
     assert match_stream(whole, got).duplicates == 0
     assert match_stream(whole, record).duplicates == 0
     assert match_stream(record, got).duplicates == 0
+
+
+STRANGE = '''
+import pytest
+
+@pytest.mark.simscope(
+    category="sïm\\u2603", testgroup='grp "q" \\\\ \\t', metadata={"k\\x01": "v\\n"}
+)
+@pytest.mark.parametrize("p", ["a\\x00b", "\\u00e9\\u4e2d", 'q"uote', "back\\\\slash", "\\ud800"])
+def test_odd(p, simscope_metadata):
+    simscope_metadata["bytes"] = b"\\xff\\xfe"
+    simscope_metadata["p"] = p
+    assert p == "\\u00e9\\u4e2d", "mismatch \\x1b[31m\\u2603 " + p
+
+class TestGroup:
+    def test_skip(self):
+        pytest.skip("reason \\u00e9 \\" \\x07")
+'''
+
+
+@pytest.mark.parametrize("extra", [(), ("--simscope-testgroup=class", "--simscope-skips=publish")])
+def test_odd_content_is_published_alike_from_the_courier_and_in_process(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, extra: tuple[str, ...]
+) -> None:
+    """The courier's job bodies are written as JSON directly; in process they are dicts."""
+    pytester.makepyfile(test_odd=STRANGE)
+    args = (
+        *extra,
+        "--simscope-build=b\u00e9\"1",
+        "--simscope-metadata=team=\u00e9\\x",
+        "--simscope-live-after=0",
+    )
+    result, courier_records = recorded(pytester, *args, subprocess=True)
+    shutil.rmtree(pytester.path / ".simscope")
+    monkeypatch.setenv(INPROCESS_ENV, "1")
+    local_result, local_records = recorded(pytester, *args, subprocess=True)
+
+    assert result.ret == local_result.ret == pytest.ExitCode.TESTS_FAILED
+    assert len([r for r in courier_records if r["type"] == "job-finish"]) == 6
+    assert normalised(courier_records) == normalised(local_records)
+
+    def messages(records: list[dict[str, Any]]) -> list[str]:
+        # Whole failure texts, object addresses aside.
+        return [
+            re.sub(r"0x[0-9a-f]+", "0x?", str(r["body"].get("fail_message", "")))
+            for r in records
+        ]
+
+    assert messages(courier_records) == messages(local_records)
