@@ -50,6 +50,7 @@ class Sink(Protocol):
     def _note(self, message: str) -> None: ...
 
 
+_TestReport = pytest.TestReport
 _json_string = json.encoder.encode_basestring  # what dumps writes for a str
 
 _RESULTS = {result: f'"{result}"'.encode() for result in ("pass", "fail", "skip")}
@@ -412,6 +413,30 @@ class SimscopeReporter:
         extra = getattr(report, "__dict__", None)
         if not isinstance(extra, dict):
             extra = {}
+        elif (
+            local is None
+            and extra.get("outcome") == "passed"
+            and type(report) is _TestReport
+            and "node" not in extra
+            and "worker_id" not in extra
+            and DATA_ATTR not in extra
+        ):
+            # The usual report: this process's test passed its call or teardown.
+            when = extra.get("when")
+            job = self._open.get((None, report.nodeid))
+            if (when == "call" or when == "teardown") and job is not None:
+                duration = extra.get("duration")
+                stop = extra.get("stop")
+                if isinstance(duration, (int, float)) and isinstance(stop, (int, float)):
+                    job.last_report = report
+                    job.duration += duration
+                    job.stop_epoch = stop or time.time()
+                    if self.jobdir_root is not None:
+                        sections = extra.get("sections") or ()
+                        job.sections = [(str(n), _clean_str(c)) for n, c in sections]
+                    if when == "call" and extra.get("wasxfail") is not None:
+                        job.xfail = "xpassed"
+                    return
         worker = _worker_of(extra) if "node" in extra or "worker_id" in extra else None
         key = (worker, report.nodeid)
         when = report.when
