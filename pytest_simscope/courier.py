@@ -341,7 +341,7 @@ class CourierFront:
         except BrokenPipeError:  # gone before it read "close"
             self._kill()
             problem = f"it exited with {self._proc.returncode}"
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # whatever it was, the journal still holds the run
             problem = f"{type(exc).__name__}: {exc}"
             self._kill()
         if not problem:
@@ -364,9 +364,9 @@ class CourierFront:
         return stats
 
     def _kill(self) -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(Exception):
             self._proc.kill()
-        with contextlib.suppress(self._subprocess.TimeoutExpired, OSError):
+        with contextlib.suppress(Exception):
             self._proc.wait(5)
 
     def _queue_journal(self, reason: str) -> PublishStats:

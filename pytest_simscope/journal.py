@@ -201,7 +201,7 @@ class JournalTail:
         self._fd = fd
         self._offset = 0
         self._lock = threading.Lock()
-        self._acks = open(self.ack_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self._acks: IO[str] | None = None  # opened at the first ack
         self._acked = 0
         self._closed = False
         self.bad_lines = 0
@@ -260,6 +260,8 @@ class JournalTail:
             if self._closed or seq <= self._acked:
                 return
             self._acked = seq
+            if self._acks is None:
+                self._acks = open(self.ack_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
             self._acks.write(f"{seq}\n")
 
     def close(self, *, remove: bool) -> None:
@@ -272,8 +274,9 @@ class JournalTail:
                 for path in (self.path, self.ack_path):
                     with contextlib.suppress(OSError):
                         path.unlink()
-            with contextlib.suppress(OSError):
-                self._acks.close()
+            if self._acks is not None:
+                with contextlib.suppress(OSError):
+                    self._acks.close()
 
 
 def _read_acked(path: Path) -> int:
