@@ -207,6 +207,17 @@ class Envelope:
         self._raw: bytes | None = None
 
     @classmethod
+    def of_bytes(cls, type: MessageType, regression: str, raw: bytes) -> Envelope:
+        """A message whose body exists only as its JSON bytes (*type* and *regression*
+        trusted: the reporter's own, checked once)."""
+        envelope = cls.__new__(cls)
+        envelope.type = type
+        envelope.regression = regression
+        envelope.body = None
+        envelope._raw = raw
+        return envelope
+
+    @classmethod
     def from_record(cls, record: Any) -> Envelope:
         """An envelope from ``{"type", "regression", "body"}`` read back from a file.
 

@@ -396,9 +396,9 @@ class SimscopeReporter:
         job.live_sent = True
         if self._raw:
             head, tail = self._raw_parts(job)
-            envelope = Envelope("job-live", self.regression)
-            envelope._raw = b"".join((head, b'"live"', tail, self._raw_meta, b"}"))
-            self.publisher.publish(envelope)
+            self.publisher.publish(Envelope.of_bytes(
+                "job-live", self.regression, b"".join((head, b'"live"', tail, self._raw_meta, b"}"))
+            ))
             return
         body = self._job_body(job, "live")
         if self._base_metadata:
@@ -421,10 +421,14 @@ class SimscopeReporter:
             and "worker_id" not in extra
             and DATA_ATTR not in extra
         ):
-            # The usual report: this process's test passed its call or teardown.
+            # The usual report: this process's test passed a phase.
             when = extra.get("when")
-            job = self._open.get((None, report.nodeid))
-            if (when == "call" or when == "teardown") and job is not None:
+            key: tuple[str | None, str] = (None, report.nodeid)
+            job = self._open.get(key)
+            if when == "setup":
+                # A new test (a rerun attempt's setup takes the long way).
+                job = self._open_job(report, key, {}) if job is None else None
+            if job is not None and (when == "call" or when == "teardown" or when == "setup"):
                 duration = extra.get("duration")
                 stop = extra.get("stop")
                 if isinstance(duration, (int, float)) and isinstance(stop, (int, float)):
@@ -436,6 +440,8 @@ class SimscopeReporter:
                         job.sections = [(str(n), _clean_str(c)) for n, c in sections]
                     if when == "call" and extra.get("wasxfail") is not None:
                         job.xfail = "xpassed"
+                    elif when == "setup":
+                        self._send_live(job, report)
                     return
         worker = _worker_of(extra) if "node" in extra or "worker_id" in extra else None
         key = (worker, report.nodeid)
@@ -594,9 +600,9 @@ class SimscopeReporter:
             if jobdir:
                 parts.append(b',"jobdir":' + _json(jobdir))
             parts.append(b"}")
-            envelope = Envelope("job-finish", self.regression)
-            envelope._raw = b"".join(parts)
-            self.publisher.publish(envelope)
+            self.publisher.publish(
+                Envelope.of_bytes("job-finish", self.regression, b"".join(parts))
+            )
             return
         body = self._job_body(job, result)
         if compute >= 0:
