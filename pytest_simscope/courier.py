@@ -55,8 +55,8 @@ POLL = 0.02
 # (the journal is the buffer: its memory stays small however far it lags), about
 # READ_BYTES at a time.  When more than ``max_pending`` lines wait unread, it spills
 # like the in-process publisher does, and the rest of the run goes to the offline queue.
-READ_AHEAD = 1000
-READ_BYTES = 256 << 10
+READ_AHEAD = 500
+READ_BYTES = 64 << 10
 # The most messages a relay holds (see Relay.limit).
 HOLD_LIMIT = 5000
 # How much longer than the flush timeout the pytest process waits for the courier to
