@@ -46,7 +46,38 @@ _WINDOW = max(1 << 20, mmap.ALLOCATIONGRANULARITY)
 _GROWTH = 4 << 20
 
 
-class Journal:
+class _Acks:
+    """How far a journal's messages are safe: ``<run>.acks``, one number a line."""
+
+    path: Path
+    ack_path: Path
+    _lock: threading.Lock
+    _acks: IO[str] | None
+    _acked: int
+    _closed: bool
+
+    def ack(self, seq: int) -> None:
+        """Everything up to *seq* is safe (delivered or queued)."""
+        with self._lock:
+            if self._closed or seq <= self._acked:
+                return
+            self._acked = seq
+            if self._acks is None:
+                self._acks = open(self.ack_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            self._acks.write(f"{seq}\n")
+
+    def _remove_files(self) -> None:
+        for path in (self.path, self.ack_path):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def _close_acks(self) -> None:
+        if self._acks is not None:
+            with contextlib.suppress(OSError):
+                self._acks.close()
+
+
+class Journal(_Acks):
     """Append-only record of the messages of one run and of how far they are safe.
 
     Messages are copied into a shared memory map of the journal file: the kernel owns
@@ -132,14 +163,6 @@ class Journal:
             self._map = None
         os.ftruncate(self._fd, self._pos)
 
-    def ack(self, seq: int) -> None:
-        """Everything up to *seq* is safe (delivered or queued)."""
-        with self._lock:
-            if self._closed or seq <= self._acked:
-                return
-            self._acked = seq
-            self._acks.write(f"{seq}\n")
-
     def close(self, *, remove: bool) -> None:
         with self._lock:
             if self._closed:
@@ -148,9 +171,7 @@ class Journal:
             if remove:
                 # Removed while still locked: a recovery running now never sees the
                 # journal unlocked with messages in it.
-                for path in (self.path, self.ack_path):
-                    with contextlib.suppress(OSError):
-                        path.unlink()
+                self._remove_files()
             else:
                 with contextlib.suppress(OSError, ValueError):
                     self._fall_back()
@@ -160,8 +181,7 @@ class Journal:
                 self._map = None
             with contextlib.suppress(OSError):
                 os.close(self._fd)
-            with contextlib.suppress(OSError):
-                self._acks.close()
+            self._close_acks()
 
 
 _BODY_KEY = b',"body":'
@@ -186,7 +206,7 @@ def parse_line(line: bytes) -> tuple[int, Envelope]:
     return seq, envelope
 
 
-class JournalTail:
+class JournalTail(_Acks):
     """The delivery process's side of a journal: the new lines, and how far they are safe.
 
     *fd* is the journal file the writer opened and locked, inherited: the lock then holds
@@ -254,16 +274,6 @@ class JournalTail:
     def append(self, seq: int, envelope: Envelope) -> None:
         """Nothing: the writer journaled it."""
 
-    def ack(self, seq: int) -> None:
-        """Everything up to *seq* is safe (delivered or queued)."""
-        with self._lock:
-            if self._closed or seq <= self._acked:
-                return
-            self._acked = seq
-            if self._acks is None:
-                self._acks = open(self.ack_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
-            self._acks.write(f"{seq}\n")
-
     def close(self, *, remove: bool) -> None:
         """Stop; with *remove*, the run is settled and its journal goes."""
         with self._lock:
@@ -271,12 +281,8 @@ class JournalTail:
                 return
             self._closed = True
             if remove:
-                for path in (self.path, self.ack_path):
-                    with contextlib.suppress(OSError):
-                        path.unlink()
-            if self._acks is not None:
-                with contextlib.suppress(OSError):
-                    self._acks.close()
+                self._remove_files()
+            self._close_acks()
 
 
 def _read_acked(path: Path) -> int:
