@@ -7,7 +7,6 @@ publishes, with the classes of :mod:`pytest_simscope.session`, imported only the
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
 resolved_key = pytest.StashKey[Resolved]()
 plugin_key: pytest.StashKey[SimscopePlugin] = pytest.StashKey()
 metadata_key = pytest.StashKey[list[tuple[str, str]]]()
-marker_key = pytest.StashKey[dict[str, Any]]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -220,30 +218,6 @@ def _marker_data(item: pytest.Item) -> dict[str, Any]:
     return data
 
 
-def attach_data(item: pytest.Item, report: pytest.TestReport) -> None:
-    """Put what the publisher needs on the report, JSON-safe so xdist carries it."""
-    data: dict[str, Any] = {}
-    if report.when == "call":
-        return
-    # Markers are read once per test: setup and teardown both need them.
-    marker = item.stash.get(marker_key, None)
-    if marker is None:
-        marker = _marker_data(item)
-        item.stash[marker_key] = marker
-    if report.when == "setup":
-        data = {k: v for k, v in marker.items() if k != "metadata"}
-    elif report.when == "teardown":
-        data = {"metadata": list(marker.get("metadata", []))}
-        del item.stash[marker_key]  # the test is over: keep nothing per item
-        added = item.stash.get(metadata_key, None)
-        if added:
-            data["metadata"] = data["metadata"] + [list(p) for p in added]
-        if not data["metadata"]:
-            data = {}
-    if data:
-        setattr(report, DATA_ATTR, data)
-
-
 class RunningItem:
     """Knows the item this process is running (one hook call a test, not one a report)."""
 
@@ -274,33 +248,28 @@ class WorkerSide(RunningItem):
 
 
 def running_data(item: pytest.Item | None, report: pytest.TestReport) -> dict[str, Any] | None:
-    """What :func:`attach_data` would put on *report*, for the process that publishes it
-    (nothing is set on the report: most tests have no marker and add no metadata, and
-    this is asked three times a test)."""
+    """What the reporter needs of a setup or teardown report of *item*, the test this
+    process runs: the marker's fields at setup, its metadata and the test's own at
+    teardown (``None``: nothing, as for most tests)."""
     when = report.when
-    if item is None or when == "call" or item.nodeid != report.nodeid:
+    if item is None or item.nodeid != report.nodeid:
         return None
     try:
         if when == "setup":
-            if not _has_marker(item):
-                return None
             fields = {k: v for k, v in _marker_data(item).items() if k != "metadata"}
             return fields or None
-        if when != "teardown":
-            return None
-        added = item.stash.get(metadata_key, None)
-        marked = _has_marker(item)
-        if not added and not marked:
-            return None
-        metadata = list(_marker_data(item).get("metadata", [])) if marked else []
-        metadata += [list(p) for p in added or ()]
-        return {"metadata": metadata} if metadata else None
+        if when == "teardown":
+            metadata = list(_marker_data(item).get("metadata", []))
+            metadata += [list(p) for p in item.stash.get(metadata_key, None) or ()]
+            return {"metadata": metadata} if metadata else None
     except Exception:  # a broken marker must not cost the result
-        return None
+        pass
+    return None
 
 
 def attach_running(item: pytest.Item | None, report: pytest.TestReport) -> None:
-    """:func:`attach_data` for a report of *item*, the test being run in this process."""
-    if item is not None and report.when != "call" and item.nodeid == report.nodeid:
-        with contextlib.suppress(Exception):
-            attach_data(item, report)
+    """In an xdist worker: put :func:`running_data` on the report, JSON-safe, so that
+    xdist carries it to the controller."""
+    data = running_data(item, report)
+    if data:
+        setattr(report, DATA_ATTR, data)
