@@ -46,7 +46,7 @@ from typing import Any
 
 from pytest_simscope.journal import Journal, JournalTail, _read_acked
 from pytest_simscope.messages import Envelope
-from pytest_simscope.publisher import Publisher, PublishStats
+from pytest_simscope.publisher import JournalLike, Publisher, PublishStats
 from pytest_simscope.transports.base import Transport
 
 # How often the courier looks for new journal lines (seconds).
@@ -264,7 +264,6 @@ class CourierFront:
         self._warnings: list[str] = []
         self._seq = 0
         self._unjournaled: list[Envelope] = []
-        self._flush_timeout = float(config.get("flush_timeout", 5.0))
         self._closed = False
         fd = journal.fileno()
         config = dict(config, journal=str(journal.path), fd=fd, parent=os.getpid())
@@ -422,13 +421,6 @@ def _transport(config: dict[str, Any], spool: Transport, warnings: list[str]) ->
     url = config.get("url")
     if not url:
         return spool
-    if "pika.adapters.asyncio_connection" not in sys.modules:
-        # pika's adapters module imports its asyncio adapter, and with it asyncio (about
-        # 4 MB that stay in this process for the whole run); the select adapter used here
-        # never needs it.
-        stub = types.ModuleType("pika.adapters.asyncio_connection")
-        stub.AsyncioConnection = None  # type: ignore[attr-defined]
-        sys.modules[stub.__name__] = stub
     from pytest_simscope.errors import PublishError, SettingsError
     from pytest_simscope.transports.network import (
         NetworkOptions,
@@ -437,7 +429,7 @@ def _transport(config: dict[str, Any], spool: Transport, warnings: list[str]) ->
     )
 
     try:
-        options = NetworkOptions.from_settings(config["settings"])
+        options = NetworkOptions(**config["network"])
         return network_transport(
             with_credentials(url, config.get("username"), config.get("password")), options
         )
@@ -446,14 +438,15 @@ def _transport(config: dict[str, Any], spool: Transport, warnings: list[str]) ->
         return spool
 
 
-def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
-    """Deliver the journal named in *config* until *control* says ``close`` or closes."""
+def delivery(
+    config: dict[str, Any], spool: Transport, journal: JournalLike | None
+) -> tuple[Publisher, Relay]:
+    """The publisher and the relay that deliver a run, from the settings a courier gets
+    (:meth:`~pytest_simscope.session.SimscopePlugin.delivery_config`); in a courier or,
+    when there is none, in the pytest process."""
     from pytest_simscope.errors import PublishError
-    from pytest_simscope.transports.queue import OfflineQueue
     from pytest_simscope.transports.record import Recorder
 
-    spool = OfflineQueue(Path(config["queue_root"]), run_id=config["run_id"])
-    tail = JournalTail(Path(config["journal"]), int(config["fd"]))
     warnings = list(config.get("warnings") or [])
     transport = _transport(config, spool, warnings)
     taps: list[Transport] = []
@@ -466,20 +459,39 @@ def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
         transport,
         spool=spool,
         taps=taps,
-        journal=tail,
+        journal=journal,
         batch_size=int(config.get("batch_size", 100)),
         max_pending=int(config.get("max_pending", 10000)),
+        # No warn callback: warnings are collected and shown in the summary, so the
+        # sender thread never writes into pytest's progress output.
         retry_budget=float(config.get("retry_budget", 30.0)),
     )
     for message in warnings:
         publisher._note(message)
-    publisher.start()
     relay = Relay(
         publisher,
         live_after=float(config.get("live_after", 0.0)),
         heartbeat=float(config.get("heartbeat", 0.0)),
         shard=config.get("shard") or None,
     )
+    return publisher, relay
+
+
+def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
+    """Deliver the journal named in *config* until *control* says ``close`` or closes."""
+    from pytest_simscope.transports.queue import OfflineQueue
+
+    if config.get("url") and "pika.adapters.asyncio_connection" not in sys.modules:
+        # pika's adapters module imports its asyncio adapter, and with it asyncio (about
+        # 4 MB that stay in this process for the whole run); the select adapter used here
+        # never needs it.  (Only here: the pytest process's tests may need the real one.)
+        stub = types.ModuleType("pika.adapters.asyncio_connection")
+        stub.AsyncioConnection = None  # type: ignore[attr-defined]
+        sys.modules[stub.__name__] = stub
+    spool = OfflineQueue(Path(config["queue_root"]), run_id=config["run_id"])
+    tail = JournalTail(Path(config["journal"]), int(config["fd"]))
+    publisher, relay = delivery(config, spool, tail)
+    publisher.start()
     parent = int(config.get("parent") or 0)
     closing = False
     wait = POLL

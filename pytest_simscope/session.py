@@ -19,23 +19,17 @@ from urllib.parse import urlsplit
 import pytest
 
 from pytest_simscope import courier
-from pytest_simscope.errors import PublishError, SettingsError
+from pytest_simscope.errors import PublishError
 from pytest_simscope.journal import Journal, recover
 from pytest_simscope.plugin import RunningItem, running_data
-from pytest_simscope.publisher import Publisher, PublishStats
+from pytest_simscope.publisher import PublishStats
 from pytest_simscope.redact import mask_url, mask_urls, redact
 from pytest_simscope.reporter import SimscopeReporter
 from pytest_simscope.settings import SPECS, Resolved, Settings, shown_value
-from pytest_simscope.transports.base import Transport
-from pytest_simscope.transports.network import with_credentials
 from pytest_simscope.transports.queue import GITIGNORE_TEXT, JOURNAL, OfflineQueue, write_atomic
-from pytest_simscope.transports.record import Recorder
 
 Front = courier.CourierFront | courier.LocalFront
 
-
-def _plain_json(value: object) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool, list, tuple))
 
 class SimscopePlugin(RunningItem):
     """The publishing side: owns the publisher and the reporter for one session.
@@ -99,16 +93,6 @@ class SimscopePlugin(RunningItem):
     def _clean(self, text: str) -> str:
         return redact(mask_urls(text), self._secrets)
 
-    def _make_transport(self, spool: OfflineQueue) -> Transport:
-        s = self.settings
-        if not s.url:
-            return spool
-        from pytest_simscope.transports.network import NetworkOptions, network_transport
-
-        options = NetworkOptions.from_settings(s.as_dict())
-        url = with_credentials(s.url, s.username, s.password)
-        return network_transport(url, options)
-
     def _record_path(self) -> Path | None:
         if not self.settings.record:
             return None
@@ -131,14 +115,17 @@ class SimscopePlugin(RunningItem):
             self._early_warnings.append(f"journal unavailable: {exc}")
         if journal is not None and os.environ.get(courier.INPROCESS_ENV) != "1":
             try:
-                return courier.CourierFront(journal, spool, self._courier_config())
+                return courier.CourierFront(journal, spool, self.delivery_config())
             except Exception as exc:  # no courier: this process delivers instead
                 self._early_warnings.append(
                     f"cannot start the delivery process ({exc}); publishing from this one"
                 )
         return self._local_front(spool, journal)
 
-    def _courier_config(self) -> dict[str, Any]:
+    def delivery_config(self) -> dict[str, Any]:
+        """What delivering this run needs to know (JSON: a courier gets it on its stdin)."""
+        from pytest_simscope.transports.network import NetworkOptions
+
         s = self.settings
         record = self._record_path()
         return {
@@ -147,7 +134,7 @@ class SimscopePlugin(RunningItem):
             "url": s.url,
             "username": s.username,
             "password": s.password,
-            "settings": {k: v for k, v in s.as_dict().items() if _plain_json(v)},
+            "network": NetworkOptions.from_settings(s.as_dict())._asdict(),
             "record": str(record) if record else None,
             "batch_size": s.batch_size,
             "max_pending": s.max_pending,
@@ -160,35 +147,7 @@ class SimscopePlugin(RunningItem):
         }
 
     def _local_front(self, spool: OfflineQueue, journal: Journal | None) -> Front:
-        s = self.settings
-        try:
-            transport = self._make_transport(spool)
-        except (PublishError, SettingsError) as exc:
-            self._early_warnings.append(f"{exc}; using the offline queue")
-            transport = spool
-        taps: list[Transport] = []
-        record = self._record_path()
-        if record is not None:
-            try:
-                taps.append(Recorder(record))
-            except PublishError as exc:
-                self._early_warnings.append(str(exc))
-        publisher = Publisher(
-            transport,
-            spool=spool,
-            taps=taps,
-            journal=journal,
-            batch_size=s.batch_size,
-            max_pending=s.max_pending,
-            # No warn callback: warnings are collected and shown in the summary, so the
-            # sender thread never writes into pytest's progress output.
-            retry_budget=s.retry_budget,
-        )
-        for message in self._early_warnings:
-            publisher._note(message)
-        relay = courier.Relay(
-            publisher, live_after=s.live_after, heartbeat=s.heartbeat, shard=s.shard
-        )
+        publisher, relay = courier.delivery(self.delivery_config(), spool, journal)
         front = courier.LocalFront(publisher, journal, relay)
         front.start()
         return front
