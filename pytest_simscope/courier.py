@@ -207,9 +207,9 @@ class LocalFront:
                     self.publisher._note(f"journal disabled: {exc}")
                     self.journal = None
                     self.publisher.journal = None
-            self.relay.push(seq, envelope, time.monotonic())
-            if self.relay.held:
-                self.relay.pump(time.monotonic())
+            now = time.monotonic()
+            self.relay.push(seq, envelope, now)
+            self.relay.pump(now)
 
     def _tick(self) -> None:
         with self._lock:

@@ -66,15 +66,25 @@ class _Acks:
                 self._acks = open(self.ack_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
             self._acks.write(f"{seq}\n")
 
-    def _remove_files(self) -> None:
-        for path in (self.path, self.ack_path):
-            with contextlib.suppress(OSError):
-                path.unlink()
+    def close(self, *, remove: bool) -> None:
+        """Stop; with *remove*, the run is settled and its files go."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if remove:
+                # Removed while still locked: a recovery running now never sees the
+                # journal unlocked with messages in it.
+                for path in (self.path, self.ack_path):
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+            self._release(removed=remove)
+            if self._acks is not None:
+                with contextlib.suppress(OSError):
+                    self._acks.close()
 
-    def _close_acks(self) -> None:
-        if self._acks is not None:
-            with contextlib.suppress(OSError):
-                self._acks.close()
+    def _release(self, *, removed: bool) -> None:
+        """What else a closing journal lets go of."""
 
 
 class Journal(_Acks):
@@ -163,25 +173,16 @@ class Journal(_Acks):
             self._map = None
         os.ftruncate(self._fd, self._pos)
 
-    def close(self, *, remove: bool) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            if remove:
-                # Removed while still locked: a recovery running now never sees the
-                # journal unlocked with messages in it.
-                self._remove_files()
-            else:
-                with contextlib.suppress(OSError, ValueError):
-                    self._fall_back()
-            if self._map is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    self._map.close()
-                self._map = None
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._close_acks()
+    def _release(self, *, removed: bool) -> None:
+        if not removed:
+            with contextlib.suppress(OSError, ValueError):
+                self._fall_back()
+        if self._map is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._map.close()
+            self._map = None
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
 
 
 _BODY_KEY = b',"body":'
@@ -274,15 +275,6 @@ class JournalTail(_Acks):
     def append(self, seq: int, envelope: Envelope) -> None:
         """Nothing: the writer journaled it."""
 
-    def close(self, *, remove: bool) -> None:
-        """Stop; with *remove*, the run is settled and its journal goes."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            if remove:
-                self._remove_files()
-            self._close_acks()
 
 
 def _read_acked(path: Path) -> int:

@@ -429,20 +429,12 @@ class SimscopeReporter:
                 # A new test (a rerun attempt's setup takes the long way).
                 job = self._open_job(report, key, {}) if job is None else None
             if job is not None and (when == "call" or when == "teardown" or when == "setup"):
-                duration = extra.get("duration")
-                stop = extra.get("stop")
-                if isinstance(duration, (int, float)) and isinstance(stop, (int, float)):
-                    job.last_report = report
-                    job.duration += duration
-                    job.stop_epoch = stop or time.time()
-                    if self.jobdir_root is not None:
-                        sections = extra.get("sections") or ()
-                        job.sections = [(str(n), _clean_str(c)) for n, c in sections]
-                    if when == "call" and extra.get("wasxfail") is not None:
-                        job.xfail = "xpassed"
-                    elif when == "setup":
-                        self._send_live(job, report)
-                    return
+                self._took(job, report, extra)
+                if when == "call" and extra.get("wasxfail") is not None:
+                    job.xfail = "xpassed"
+                elif when == "setup":
+                    self._send_live(job, report)
+                return
         worker = _worker_of(extra) if "node" in extra or "worker_id" in extra else None
         key = (worker, report.nodeid)
         when = report.when
@@ -490,24 +482,11 @@ class SimscopeReporter:
                 job.outcome = "failed"
                 job.failures.append(("subtest", report))
             return
-        job.last_report = report
-        duration = extra.get("duration")
-        if duration is None:
-            duration = getattr(report, "duration", None)
-        if isinstance(duration, (int, float)):
-            job.duration += duration
-        stop = extra.get("stop")
-        if stop is None:
-            stop = getattr(report, "stop", None)
-        job.stop_epoch = stop if isinstance(stop, (int, float)) and stop else time.time()
+        self._took(job, report, extra)
         if data:
             added = data.get("metadata")
             if added:
                 job.metadata.extend(metadata_pairs(added))
-        if self.jobdir_root is not None:
-            # Each report carries every section captured so far for the test.
-            sections = getattr(report, "sections", ()) or ()
-            job.sections = [(str(name), _clean_str(content)) for name, content in sections]
         if outcome == "passed":
             if when == "setup":
                 if not job.live_sent:
@@ -534,6 +513,23 @@ class SimscopeReporter:
             else:
                 job.outcome = "skipped" if job.outcome != "failed" else "failed"
                 job.skip_reason = _crash_summary(report.longrepr)
+
+    def _took(self, job: _Open, report: Any, extra: dict[str, Any]) -> None:
+        """A phase of *job* ended with *report*: its time, and the output captured."""
+        job.last_report = report
+        duration = extra.get("duration")
+        if duration is None:
+            duration = getattr(report, "duration", None)
+        if isinstance(duration, (int, float)):
+            job.duration += duration
+        stop = extra.get("stop")
+        if stop is None:
+            stop = getattr(report, "stop", None)
+        job.stop_epoch = stop if isinstance(stop, (int, float)) and stop else time.time()
+        if self.jobdir_root is not None:
+            # Each report carries every section captured so far for the test.
+            sections = getattr(report, "sections", ()) or ()
+            job.sections = [(str(name), _clean_str(content)) for name, content in sections]
 
     def logfinish(self, nodeid: str) -> None:
         """A test's reports are all in.
