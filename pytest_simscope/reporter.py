@@ -212,10 +212,9 @@ class SimscopeReporter:
         self.start_epoch = time.time()
         self._base_metadata = list(self.settings.metadata)
         self._build = self.settings.build
-        # raw_bodies: the sink only needs each job message's bytes (a courier reads them
-        # back), so bodies are written as JSON directly from parts encoded once per job
-        # or per run, not built as dicts and encoded.  Not with a pytest_simscope_job
-        # hook, which gets the job as an object.
+        # Job bodies are written as JSON from parts encoded once per job or per run.
+        # raw_bodies: the sink only needs their bytes (a courier reads them back); else
+        # (a pytest_simscope_job hook, delivery in this process) they are parsed back.
         self._raw = raw_bodies and job_hook is None
         self._raw_heads: dict[str, bytes] = {}
         self._raw_run = b',"host":' + _json(self.host)
@@ -338,25 +337,9 @@ class SimscopeReporter:
         self._open[key] = job
         return job
 
-    def _job_body(self, job: _Open, result: str) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "category": job.category,
-            "uniqueid": job.uniqueid,
-            "result": result,
-            "start_time": job.start_time,
-            "config": _clean_str(job.nodeid),
-            "host": self.host,
-        }
-        if job.testgroup:
-            body["testgroup"] = _clean_str(job.testgroup)
-        if self._build:
-            body["build"] = self._build
-        if self.seed:
-            body["seed"] = self.seed
-        return body
-
-    def _raw_parts(self, job: _Open) -> tuple[bytes, bytes]:
-        """``_job_body`` as JSON: what comes before the result's value and after it."""
+    def _job_json(self, job: _Open) -> tuple[bytes, bytes]:
+        """The JSON of *job*'s body before the result's value and after it (made once a
+        job): category, uniqueid, then start_time, config, testgroup, host, build, seed."""
         raw = job.raw
         if raw is None:
             head = self._raw_heads.get(job.category)
@@ -394,16 +377,9 @@ class SimscopeReporter:
         # Published at setup; whoever delivers holds it live_after seconds and drops it
         # if the test ended by then (see courier.Relay).
         job.live_sent = True
-        if self._raw:
-            head, tail = self._raw_parts(job)
-            self.publisher.publish(Envelope.of_bytes(
-                "job-live", self.regression, b"".join((head, b'"live"', tail, self._raw_meta, b"}"))
-            ))
-            return
-        body = self._job_body(job, "live")
-        if self._base_metadata:
-            body["metadata"] = list(self._base_metadata)
-        self._publish_job("job-live", body, report)
+        head, tail = self._job_json(job)
+        raw = b"".join((head, b'"live"', tail, self._raw_meta, b"}"))
+        self._publish_job_json("job-live", raw, report)
 
     def logreport(self, report: pytest.TestReport, local: dict[str, Any] | None = None) -> None:
         """Take one report; *local*: its marker fields and metadata when this process ran
@@ -584,33 +560,26 @@ class SimscopeReporter:
         jobdir = self._write_log(job, message) if self.jobdir_root is not None else None
         self._finished += 1
         self._results[result] += 1
-        if self._raw:
-            head, tail = self._raw_parts(job)
-            parts = [head, _RESULTS[result], tail]
-            if compute >= 0:
-                parts.append(b',"compute_ms":%d,"runtime_ms":%d' % (compute, runtime))
-            parts.append(b',"finish_time":"%b","fail_message":' % finish_time.encode("ascii"))
-            parts.append(_json(message) if message else b'""')
-            if metadata:
-                parts.append(b',"metadata":' + encode(dumps([list(p) for p in metadata])))
-            if jobdir:
-                parts.append(b',"jobdir":' + _json(jobdir))
-            parts.append(b"}")
-            self.publisher.publish(
-                Envelope.of_bytes("job-finish", self.regression, b"".join(parts))
-            )
-            return
-        body = self._job_body(job, result)
+        head, tail = self._job_json(job)
+        parts = [head, _RESULTS[result], tail]
         if compute >= 0:
-            body["compute_ms"] = compute
-            body["runtime_ms"] = runtime
-        body["finish_time"] = finish_time
-        body["fail_message"] = message
+            parts.append(b',"compute_ms":%d,"runtime_ms":%d' % (compute, runtime))
+        parts.append(b',"finish_time":"%b","fail_message":' % finish_time.encode("ascii"))
+        parts.append(_json(message) if message else b'""')
         if metadata:
-            body["metadata"] = metadata
+            parts.append(b',"metadata":' + encode(dumps([list(p) for p in metadata])))
         if jobdir:
-            body["jobdir"] = jobdir
-        self._publish_job("job-finish", body, job.last_report)
+            parts.append(b',"jobdir":' + _json(jobdir))
+        parts.append(b"}")
+        self._publish_job_json("job-finish", b"".join(parts), job.last_report)
+
+    def _publish_job_json(self, kind: MessageType, raw: bytes, report: Any) -> None:
+        """Publish a job message whose body is *raw* JSON: as it is when only its bytes
+        are needed, else (a hook, or delivery in this process) as the dict it encodes."""
+        if self._raw:
+            self.publisher.publish(Envelope.of_bytes(kind, self.regression, raw))
+        else:
+            self._publish_job(kind, json.loads(raw), report)
 
     def _job_metadata(self, job: _Open, result: str) -> list[tuple[str, str]]:
         metadata = self._base_metadata + job.metadata

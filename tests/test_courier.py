@@ -485,7 +485,8 @@ class TestGroup:
 def test_odd_content_is_published_alike_from_the_courier_and_in_process(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, extra: tuple[str, ...]
 ) -> None:
-    """The courier's job bodies are written as JSON directly; in process they are dicts."""
+    """Odd content comes out alike from the courier (bodies as bytes) and in process (bodies
+    parsed back into dicts and delivered from a thread)."""
     pytester.makepyfile(test_odd=STRANGE)
     args = (
         *extra,
