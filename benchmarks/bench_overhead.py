@@ -14,10 +14,12 @@ order rotated from round to round so that a noisy neighbour hurts all of them al
                 ``--simscope-flush-timeout=F``.
 
 Reported per suite and variant: median and minimum wall time of the whole process, median
-CPU time (user+sys of the child), the ratio of medians against ``bare`` of the same run,
-the target and PASS/MISS.  Every plugin run is also checked: each test has exactly one
-``job-finish`` (elements of ``batch-job-finish`` counted) in what the broker holds plus what
-the offline queue holds, with one ``regr-start`` and one ``regr-finish``.
+CPU time (user+sys of the child), the ratio of medians against ``bare`` of the same run
+(what PASS/MISS judges), the "paired" ratio (the median of each run's ratio to ``bare``
+of its own round, which cancels a shared machine's slow drift), the target and PASS/MISS.
+Every plugin run is also checked: each test has exactly one ``job-finish`` (elements of
+``batch-job-finish`` counted) in what the broker holds plus what the offline queue holds,
+with one ``regr-start`` and one ``regr-finish``.
 
 Usage::
 
@@ -426,6 +428,8 @@ class Sample:
     # Why the sample does not count: publishing fell back to the offline queue because the
     # broker went away (another suite on this machine restarts it).
     disturbed: str = ""
+    # Which round it belongs to (warm-up runs: -1).
+    round: int = -1
 
 
 class Overhead:
@@ -589,6 +593,7 @@ class Overhead:
                 for variant in order:
                     for attempt in range(RERUNS + 1):
                         sample = self.run_one(suite, variant)
+                        sample.round = index
                         self.samples.append(sample)
                         flag = "" if sample.ok else "  <-- FAILED CHECK"
                         if sample.disturbed:
@@ -619,6 +624,12 @@ class Overhead:
                 median = statistics.median(walls)
                 ratio = median / bare_median
                 cpu = statistics.median(s.run.cpu for s in mine)
+                # Each run against bare pytest of its own round (run minutes apart at most):
+                # slow drift of a shared machine cancels out.
+                bare_of = {
+                    s.round: s.run.wall for s in counted if s.suite == suite and s.variant == "bare"
+                }
+                pairs = [s.run.wall / bare_of[s.round] for s in mine if s.round in bare_of]
                 row: dict[str, Any] = {
                     "suite": suite,
                     "variant": variant,
@@ -627,6 +638,7 @@ class Overhead:
                     "min_s": round(min(walls), 3),
                     "cpu_median_s": round(cpu, 3),
                     "ratio": round(ratio, 3),
+                    "paired_ratio": round(statistics.median(pairs), 3) if pairs else None,
                     "cpu_ratio": round(cpu / bare_cpu, 3),
                     "target": "",
                     "result": "",
@@ -658,14 +670,16 @@ class Overhead:
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = (
         f"{'suite':8} {'variant':9} {'runs':>4} {'median s':>9} {'min s':>8} {'ratio':>6}"
-        f" {'cpu s':>7} {'cpu ratio':>9}  {'target':34} result"
+        f" {'paired':>6} {'cpu s':>7} {'cpu ratio':>9}  {'target':34} result"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
             f"{r['suite']:8} {r['variant']:9} {r['runs']:>4} {r['median_s']:>9.3f}"
-            f" {r['min_s']:>8.3f} {r['ratio']:>6.3f} {r['cpu_median_s']:>7.2f}"
+            f" {r['min_s']:>8.3f} {r['ratio']:>6.3f}"
+            f" {r['paired_ratio'] if r['paired_ratio'] is not None else '-':>6}"
+            f" {r['cpu_median_s']:>7.2f}"
             f" {r['cpu_ratio']:>9.3f}"
             f"  {r['target'] or '-':34} {r['result'] or '-'}"
         )

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_simscope.journal import Journal, JournalTail, _read_acked
-from pytest_simscope.messages import Envelope
+from pytest_simscope.messages import Envelope, MessageType, record_bytes
 from pytest_simscope.publisher import JournalLike, Publisher, PublishStats
 from pytest_simscope.transports.base import Transport
 
@@ -308,15 +308,29 @@ class CourierFront:
     def publish(self, envelope: Envelope) -> None:
         """Number and journal *envelope*: the courier does the rest."""
         self._seq += 1
-        if self._unjournaled:
-            self._unjournaled.append(envelope)
-            return
-        try:
-            self.journal.append(self._seq, envelope)
-        except Exception as exc:
-            # The courier can no longer see what follows: keep it for close().
-            self._note(f"journal failed ({exc}); the rest of this run is queued at its end")
-            self._unjournaled.append(envelope)
+        if not self._unjournaled:
+            try:
+                self.journal.append(self._seq, envelope)
+                return
+            except Exception as exc:
+                self._journal_failed(exc)
+        self._unjournaled.append(envelope)
+
+    def publish_raw(self, kind: MessageType, regression: str, body: bytes) -> None:
+        """``publish(Envelope.of_bytes(kind, regression, body))``, without the envelope:
+        the reporter's job messages, twice a test."""
+        self._seq += 1
+        if not self._unjournaled:
+            try:
+                self.journal.write(record_bytes(self._seq, kind, regression, body) + b"\n")
+                return
+            except Exception as exc:
+                self._journal_failed(exc)
+        self._unjournaled.append(Envelope.of_bytes(kind, regression, body))
+
+    def _journal_failed(self, exc: Exception) -> None:
+        # The courier can no longer see what follows: it is kept for close().
+        self._note(f"journal failed ({exc}); the rest of this run is queued at its end")
 
     def close(self, timeout: float) -> PublishStats:
         """Have the courier finish within *timeout*; its figures (or queue it all here)."""

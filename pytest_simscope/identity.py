@@ -86,6 +86,17 @@ def make_uniqueid(
     occurrence: int = 1,
 ) -> str:
     """The uniqueid of one job (see the module docstring)."""
+    if (
+        occurrence == 1
+        and not worker
+        and not shard
+        # No colon before the first "::" (nor any, without one) and nothing to escape:
+        # the usual node id is its own uniqueid.
+        and nodeid.find(":") == nodeid.find("::", 1)
+        and not _NEEDS_ESCAPE.search(nodeid)
+        and 0 < len(nodeid) <= MAX_UNIQUEID
+    ):
+        return nodeid
     # "%00" is never produced by escaping: an empty node id cannot meet a real one.
     text = _escape_nodeid(nodeid) if nodeid else "%00"
     if worker:

@@ -148,7 +148,10 @@ class Journal(_Acks):
 
     def append(self, seq: int, envelope: Envelope) -> None:
         # The body's bytes are the ones that go on the wire: encoded once.
-        data = envelope.record_bytes(seq) + b"\n"
+        self.write(envelope.record_bytes(seq) + b"\n")
+
+    def write(self, data: bytes) -> None:
+        """Append *data*, whole lines (a record and its newline)."""
         with self._lock:
             if self._closed:
                 return

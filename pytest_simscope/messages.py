@@ -177,6 +177,18 @@ def encode(text: str) -> bytes:
 _record_heads: dict[tuple[str, str], bytes] = {}
 
 
+def record_bytes(seq: int, type: str, regression: str, body: bytes) -> bytes:
+    """The record of message *seq* (see :meth:`Envelope.record_bytes`), its body given as
+    JSON bytes."""
+    key = (type, regression)
+    head = _record_heads.get(key)
+    if head is None:
+        head = _record_heads[key] = encode(
+            f',"type":{dumps(type)},"regression":{dumps(regression)},"body":'
+        )
+    return b'{"seq":%d%b%b}' % (seq, head, body)
+
+
 class Envelope:
     """One message: its Simscope type, the regression it belongs to and its JSON body.
 
@@ -258,13 +270,7 @@ class Envelope:
     def record_bytes(self, seq: int) -> bytes:
         """``{"seq", "type", "regression", "body"}`` as compact JSON, around the body's own
         bytes: the line the journal keeps and the record an offline-queue entry holds."""
-        key = (self.type, self.regression)
-        head = _record_heads.get(key)
-        if head is None:
-            head = _record_heads[key] = encode(
-                f',"type":{dumps(self.type)},"regression":{dumps(self.regression)},"body":'
-            )
-        return b'{"seq":%d%b%b}' % (seq, head, self.body_bytes())
+        return record_bytes(seq, self.type, self.regression, self.body_bytes())
 
     def body_bytes(self) -> bytes:
         """The UTF-8 JSON body as it goes on the wire (encoded once)."""

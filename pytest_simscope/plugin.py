@@ -8,7 +8,7 @@ publishes, with the classes of :mod:`pytest_simscope.session`, imported only the
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 resolved_key = pytest.StashKey[Resolved]()
 plugin_key: pytest.StashKey[SimscopePlugin] = pytest.StashKey()
 metadata_key = pytest.StashKey[list[tuple[str, str]]]()
+local_tests_key: pytest.StashKey[LocalTests] = pytest.StashKey()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -122,7 +123,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not resolved.settings.enabled:
         return
     if _is_worker(config):
-        config.pluginmanager.register(WorkerSide(), "simscope-worker")
+        config.pluginmanager.register(WorkerSide(local_tests(config)), "simscope-worker")
         return
     # Only now: a run that does not publish never loads the publishing side.
     from pytest_simscope import session
@@ -177,7 +178,12 @@ def simscope_metadata(request: pytest.FixtureRequest) -> JobMetadata:
     ``simscope_metadata["transactions"] = 100`` or ``simscope_metadata.add(...)``.  Values
     become strings.  Works (and does nothing visible) when publishing is off.
     """
-    pairs = request.node.stash.setdefault(metadata_key, [])
+    node = request.node
+    pairs = node.stash.setdefault(metadata_key, [])
+    if isinstance(node, pytest.Item):
+        tests = request.config.stash.get(local_tests_key, None)
+        if tests is not None:  # publishing: the teardown report picks them up
+            tests.with_metadata[node.nodeid] = node
     return JobMetadata(pairs)
 
 
@@ -218,58 +224,89 @@ def _marker_data(item: pytest.Item) -> dict[str, Any]:
     return data
 
 
-class RunningItem:
-    """Knows the item this process is running (one hook call a test, not one a report)."""
+class LocalTests:
+    """What the reporter needs of the tests this process runs, without a hook call a test.
+
+    Most tests carry no ``simscope`` marker and add no metadata: for them a setup or
+    teardown report is answered by one lookup in the report's keywords (pytest puts every
+    marker's name there, those added while the test runs included) and one in the tests
+    that asked for the ``simscope_metadata`` fixture (it registers its test here).
+    """
 
     def __init__(self) -> None:
-        self._item: pytest.Item | None = None
+        self.session: pytest.Session | None = None
+        self._by_id: dict[str, pytest.Item] | None = None
+        # Tests that asked for simscope_metadata and have not reported their teardown.
+        self.with_metadata: dict[str, pytest.Item] = {}
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_protocol(
-        self, item: pytest.Item, nextitem: pytest.Item | None
-    ) -> Generator[None, object, object]:
-        self._item = item
+    def _item(self, nodeid: str) -> pytest.Item | None:
+        item = self.with_metadata.get(nodeid)
+        if item is not None:
+            return item
+        if self._by_id is None:
+            items = getattr(self.session, "items", None) or ()
+            # Built when the first marked test reports; an id collected twice (a
+            # duplicate argument) is one function, with one set of markers.
+            self._by_id = {}
+            for found in items:
+                self._by_id.setdefault(found.nodeid, found)
+        return self._by_id.get(nodeid)
+
+    def data(self, report: pytest.TestReport) -> dict[str, Any] | None:
+        """The marker's fields at setup, its metadata and the test's own at teardown
+        (``None``: nothing, as for most tests)."""
+        when = report.when
+        if when != "setup" and when != "teardown":
+            return None
         try:
-            return (yield)
-        finally:
-            self._item = None
+            nodeid = report.nodeid
+            marked = "simscope" in report.keywords
+            if when == "setup":
+                if not marked:
+                    return None
+                item = self._item(nodeid)
+                if item is None:
+                    return None
+                fields = {k: v for k, v in _marker_data(item).items() if k != "metadata"}
+                return fields or None
+            added = self.with_metadata.pop(nodeid, None)
+            if added is None and not marked:
+                return None
+            item = added or self._item(nodeid)
+            if item is None:
+                return None
+            metadata = list(_marker_data(item).get("metadata", [])) if marked else []
+            metadata += [list(p) for p in item.stash.get(metadata_key, None) or ()]
+            return {"metadata": metadata} if metadata else None
+        except Exception:  # a broken marker must not cost the result
+            return None
 
 
-class WorkerSide(RunningItem):
+
+def local_tests(config: pytest.Config) -> LocalTests:
+    """The :class:`LocalTests` of this process (made on first use)."""
+    found = config.stash.get(local_tests_key, None)
+    if found is None:
+        found = config.stash[local_tests_key] = LocalTests()
+    return found
+
+
+class WorkerSide:
     """In an xdist worker: attach data to reports (before xdist sends them), publish nothing.
 
-    The setup and teardown reports of the running item get the data the controller's
-    reporter needs.
+    The setup and teardown reports of a test get the data the controller's reporter
+    needs, JSON-safe, as an attribute xdist carries over.
     """
+
+    def __init__(self, tests: LocalTests) -> None:
+        self.tests = tests
+
+    @pytest.hookimpl
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.tests.session = session
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        attach_running(self._item, report)
-
-
-def running_data(item: pytest.Item | None, report: pytest.TestReport) -> dict[str, Any] | None:
-    """What the reporter needs of a setup or teardown report of *item*, the test this
-    process runs: the marker's fields at setup, its metadata and the test's own at
-    teardown (``None``: nothing, as for most tests)."""
-    when = report.when
-    if item is None or item.nodeid != report.nodeid:
-        return None
-    try:
-        if when == "setup":
-            fields = {k: v for k, v in _marker_data(item).items() if k != "metadata"}
-            return fields or None
-        if when == "teardown":
-            metadata = list(_marker_data(item).get("metadata", []))
-            metadata += [list(p) for p in item.stash.get(metadata_key, None) or ()]
-            return {"metadata": metadata} if metadata else None
-    except Exception:  # a broken marker must not cost the result
-        pass
-    return None
-
-
-def attach_running(item: pytest.Item | None, report: pytest.TestReport) -> None:
-    """In an xdist worker: put :func:`running_data` on the report, JSON-safe, so that
-    xdist carries it to the controller."""
-    data = running_data(item, report)
-    if data:
-        setattr(report, DATA_ATTR, data)
+        data = self.tests.data(report)
+        if data:
+            setattr(report, DATA_ATTR, data)

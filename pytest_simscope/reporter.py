@@ -6,8 +6,8 @@ controller).  It sees reports, never items, so everything a worker knows about a
 ``simscope_data`` attribute set in the plugin's ``pytest_runtest_makereport`` wrapper.
 
 A job opens when its first report arrives (``job-live`` after a setup that did not skip)
-and finishes on ``pytest_runtest_logfinish``, on a crashed worker's report, or at session
-end (as a ``fail`` saying why).  Rerun attempts of one test stay one job: the last attempt
+and finishes on its teardown report, on a crashed worker's report, or at session end (as a
+``fail`` saying why).  Rerun attempts of one test stay one job: the last attempt
 decides its result and metadata counts the reruns.
 """
 
@@ -43,7 +43,8 @@ from pytest_simscope.settings import Resolved
 
 
 class Sink(Protocol):
-    """Where the reporter's messages go (a courier front or a publisher)."""
+    """Where the reporter's messages go (a courier front or a publisher; a front's
+    ``publish_raw`` is used when it has one)."""
 
     def publish(self, envelope: Envelope) -> None: ...
 
@@ -123,8 +124,8 @@ class _Open:
         self.metadata: list[tuple[str, str]] = []
         self.sections: list[tuple[str, str]] = []
         self.last_report: Any = None
-        # pytest-rerunfailures asked for another attempt: the next logfinish ends that
-        # attempt, not the job, and the next setup report starts the attempt afresh.
+        # pytest-rerunfailures asked for another attempt: the next teardown report ends
+        # that attempt, not the job, and the next setup report starts the attempt afresh.
         self.rerun_pending = False
 
 
@@ -212,10 +213,14 @@ class SimscopeReporter:
         self.start_epoch = time.time()
         self._base_metadata = list(self.settings.metadata)
         self._build = self.settings.build
+        self._category = str(self.settings.category)
         # Job bodies are written as JSON from parts encoded once per job or per run.
         # raw_bodies: the sink only needs their bytes (a courier reads them back); else
         # (a pytest_simscope_job hook, delivery in this process) they are parsed back.
         self._raw = raw_bodies and job_hook is None
+        self._publish_raw: Callable[[MessageType, str, bytes], None] = getattr(
+            publisher, "publish_raw", self._publish_envelope
+        )
         self._raw_heads: dict[str, bytes] = {}
         self._raw_run = b',"host":' + _json(self.host)
         if self._build:
@@ -318,21 +323,24 @@ class SimscopeReporter:
             self._occurrences[seen] = count
         else:
             count = 1
-        uniqueid = make_uniqueid(
-            nodeid,
-            worker=key[0] if self.dist_each else None,
-            shard=self.shard,
-            occurrence=count,
-        )
+        if count == 1 and not self.shard and not self.dist_each:
+            uniqueid = make_uniqueid(nodeid)
+        else:
+            uniqueid = make_uniqueid(
+                nodeid,
+                worker=key[0] if self.dist_each else None,
+                shard=self.shard,
+                occurrence=count,
+            )
         start = getattr(report, "start", 0.0) or time.time()
         job = _Open(
-            nodeid=nodeid,
-            worker=key[0],
-            uniqueid=uniqueid,
-            start_epoch=start,
-            start_time=stamp(self._clock.claim_micros(start)),
-            category=str(data.get("category") or self.settings.category),
-            testgroup=self._testgroup(nodeid, data),
+            nodeid,
+            key[0],
+            uniqueid,
+            start,
+            stamp(self._clock.claim_micros(start)),
+            str(data.get("category") or self._category) if data else self._category,
+            self._testgroup(nodeid, data),
         )
         self._open[key] = job
         return job
@@ -390,9 +398,9 @@ class SimscopeReporter:
         if not isinstance(extra, dict):
             extra = {}
         elif (
-            local is None
+            type(report) is _TestReport
+            and local is None
             and extra.get("outcome") == "passed"
-            and type(report) is _TestReport
             and "node" not in extra
             and "worker_id" not in extra
             and DATA_ATTR not in extra
@@ -406,10 +414,13 @@ class SimscopeReporter:
                 job = self._open_job(report, key, {}) if job is None else None
             if job is not None and (when == "call" or when == "teardown" or when == "setup"):
                 self._took(job, report, extra)
-                if when == "call" and extra.get("wasxfail") is not None:
-                    job.xfail = "xpassed"
+                if when == "teardown":
+                    if not job.rerun_pending:  # pytest-rerunfailures: not the last attempt
+                        self._finish(key, job)
                 elif when == "setup":
                     self._send_live(job, report)
+                elif extra.get("wasxfail") is not None:
+                    job.xfail = "xpassed"
                 return
         worker = _worker_of(extra) if "node" in extra or "worker_id" in extra else None
         key = (worker, report.nodeid)
@@ -433,7 +444,20 @@ class SimscopeReporter:
             return
         if job is None:
             job = self._open_job(report, key, data)
-        elif job.rerun_pending and when == "setup":
+        self._phase(job, report, when, data, extra)
+        if (
+            when == "teardown"
+            and not job.rerun_pending
+            and self._open.get(key) is job
+            and (type(report) is _TestReport or not _is_subtest(report))
+        ):
+            self._finish(key, job)
+
+    def _phase(
+        self, job: _Open, report: Any, when: str, data: dict[str, Any], extra: dict[str, Any]
+    ) -> None:
+        """Take a setup, call or teardown report (or a subtest's) of *job*."""
+        if job.rerun_pending and when == "setup":
             # The next attempt of a rerun test: only the last attempt decides.
             job.rerun_pending = False
             job.outcome = "passed"
@@ -507,30 +531,6 @@ class SimscopeReporter:
             sections = getattr(report, "sections", ()) or ()
             job.sections = [(str(name), _clean_str(content)) for name, content in sections]
 
-    def logfinish(self, nodeid: str) -> None:
-        """A test's reports are all in.
-
-        The hook does not say which xdist worker ran the test: the open job with that node
-        id is the one (under ``--dist each``, the one whose teardown report came last).
-        """
-        key: tuple[str | None, str] = (None, nodeid)
-        job = self._open.get(key)
-        if job is not None and len(self._open) == 1:  # the usual case: no xdist
-            if not job.rerun_pending:  # pytest-rerunfailures: each attempt ends so
-                self._finish(key, job)
-            return
-        keys = [key for key in self._open if key[1] == nodeid]
-        if len(keys) > 1:
-            keys = [
-                key for key in keys
-                if getattr(self._open[key].last_report, "when", "") == "teardown"
-            ][:1]
-        for key in keys:
-            job = self._open[key]
-            if job.rerun_pending:
-                return  # pytest-rerunfailures ends each attempt with a logfinish
-            self._finish(key, job)
-
     def _finish(self, key: tuple[str | None, str], job: _Open, *, why: str = "") -> None:
         self._open.pop(key, None)
         if why:
@@ -567,22 +567,31 @@ class SimscopeReporter:
         parts.append(b',"finish_time":"%b","fail_message":' % finish_time.encode("ascii"))
         parts.append(_json(message) if message else b'""')
         if metadata:
-            parts.append(b',"metadata":' + encode(dumps([list(p) for p in metadata])))
+            pairs = self._base_metadata + metadata
+            parts.append(b',"metadata":' + encode(dumps([list(p) for p in pairs])))
+        else:
+            parts.append(self._raw_meta)
         if jobdir:
             parts.append(b',"jobdir":' + _json(jobdir))
         parts.append(b"}")
         self._publish_job_json("job-finish", b"".join(parts), job.last_report)
 
+    def _publish_envelope(self, kind: MessageType, regression: str, raw: bytes) -> None:
+        self.publisher.publish(Envelope.of_bytes(kind, regression, raw))
+
     def _publish_job_json(self, kind: MessageType, raw: bytes, report: Any) -> None:
         """Publish a job message whose body is *raw* JSON: as it is when only its bytes
         are needed, else (a hook, or delivery in this process) as the dict it encodes."""
         if self._raw:
-            self.publisher.publish(Envelope.of_bytes(kind, self.regression, raw))
+            self._publish_raw(kind, self.regression, raw)
         else:
             self._publish_job(kind, json.loads(raw), report)
 
     def _job_metadata(self, job: _Open, result: str) -> list[tuple[str, str]]:
-        metadata = self._base_metadata + job.metadata
+        """The job's own metadata pairs (the run's come first, see _finish)."""
+        if not (job.metadata or job.xfail or job.reruns or job.subtests or result == "skip"):
+            return []
+        metadata = list(job.metadata)
         if job.xfail:
             metadata.append(("pytest_outcome", job.xfail))
         if result == "skip" and job.skip_reason:

@@ -21,7 +21,7 @@ import pytest
 from pytest_simscope import courier
 from pytest_simscope.errors import PublishError
 from pytest_simscope.journal import Journal, recover
-from pytest_simscope.plugin import RunningItem, running_data
+from pytest_simscope.plugin import local_tests
 from pytest_simscope.publisher import PublishStats
 from pytest_simscope.redact import mask_url, mask_urls, redact
 from pytest_simscope.reporter import SimscopeReporter
@@ -31,11 +31,11 @@ from pytest_simscope.transports.queue import GITIGNORE_TEXT, JOURNAL, OfflineQue
 Front = courier.CourierFront | courier.LocalFront
 
 
-class SimscopePlugin(RunningItem):
+class SimscopePlugin:
     """The publishing side: owns the publisher and the reporter for one session.
 
-    Reports of tests run in this process get their data from the item being run (see
-    :class:`~pytest_simscope.plugin.RunningItem`); reports from xdist workers carry it.
+    Reports of tests run in this process get their data from the test (see
+    :class:`~pytest_simscope.plugin.LocalTests`); reports from xdist workers carry it.
     """
 
     def __init__(self, config: pytest.Config, resolved: Resolved) -> None:
@@ -52,7 +52,7 @@ class SimscopePlugin(RunningItem):
         self._prev_sigterm: Any = None
         self._sigterm_installed = False
         self._got_sigterm = False
-        super().__init__()
+        self.local = local_tests(config)
         self.recovered = 0
         self._secrets = self._secret_values()
         self._early_warnings: list[str] = []
@@ -166,6 +166,7 @@ class SimscopePlugin(RunningItem):
 
     @pytest.hookimpl
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.local.session = session
         if not self.active:
             return
         try:
@@ -216,7 +217,7 @@ class SimscopePlugin(RunningItem):
         if report.failed and self.reporter is not None:
             self._guard("collection report", self.reporter.collect_failed, report)
 
-    # The two hooks below run for every test (logreport three times): no _guard layer.
+    # Runs three times for every test: no _guard layer.
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -224,19 +225,9 @@ class SimscopePlugin(RunningItem):
         if reporter is None:
             return
         try:
-            reporter.logreport(report, running_data(self._item, report))
+            reporter.logreport(report, self.local.data(report))
         except Exception as exc:
             self._internal_error("test report", exc)
-
-    @pytest.hookimpl
-    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
-        reporter = self.reporter
-        if reporter is None:
-            return
-        try:
-            reporter.logfinish(nodeid)
-        except Exception as exc:
-            self._internal_error("test finish", exc)
 
     @pytest.hookimpl(trylast=True)  # after other plugins changed the exit status
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pytest_simscope import identity
 from pytest_simscope.identity import (
     MAX_UNIQUEID,
     SeenHashes,
@@ -175,6 +176,19 @@ def test_uniqueid_of_ordinary_ids_is_readable() -> None:
     assert make_uniqueid(nodeid, shard="nightly", worker="gw1", occurrence=3) == (
         f"nightly:{nodeid}@gw1#3"
     )
+
+
+@FAST
+@given(
+    nodeid=st.lists(
+        st.sampled_from([":", "::", "a", "/", "%", "@", "#", "~", "[", "\ud800", "x" * 60]),
+        max_size=12,
+    ).map("".join)
+)
+def test_uniqueid_shortcut_agrees_with_the_escaping(nodeid: str) -> None:
+    # make_uniqueid returns a node id that needs no escaping as it is: the same answer.
+    slow = identity._bounded(identity._escape_nodeid(nodeid)) if nodeid else "%00"
+    assert make_uniqueid(nodeid) == slow
 
 
 @FAST

@@ -295,6 +295,13 @@ class TestGroup:
 
 def test_plain(simscope_metadata):
     pass
+
+@pytest.fixture
+def marks_itself(request):
+    request.applymarker(pytest.mark.simscope(category="late", metadata={"when": "setup"}))
+
+def test_marked_in_setup(marks_itself):
+    pass
 """
 
 
@@ -303,7 +310,7 @@ def test_marker_and_fixture_fill_the_job(pytester: pytest.Pytester, xdist: tuple
     pytester.makepyfile(test_marker=MARKER_SUITE)
     result, records = recorded(pytester, "--simscope-metadata", "site=lab", *xdist)
 
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
     assert_clean(records)
     marked = "test_marker.py::test_marked"
     method = "test_marker.py::TestGroup::test_method"
@@ -326,6 +333,11 @@ def test_marker_and_fixture_fill_the_job(pytester: pytest.Pytester, xdist: tuple
         method, "pass", category="near", testgroup="cls", metadata=[site, ["level", "method"]]
     )
     assert normalise(job(records, plain)) == finish_body(plain, "pass", metadata=[site])
+    # A marker a fixture adds while the test sets up counts like one written on it.
+    late = "test_marker.py::test_marked_in_setup"
+    assert normalise(job(records, late)) == finish_body(
+        late, "pass", category="late", metadata=[site, ["when", "setup"]]
+    )
 
 
 HOOK_SUITE = """
