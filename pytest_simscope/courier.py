@@ -42,12 +42,15 @@ import time
 import types
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_simscope.journal import Journal, JournalTail, _read_acked
 from pytest_simscope.messages import Envelope, MessageType, record_bytes
 from pytest_simscope.publisher import JournalLike, Publisher, PublishStats
 from pytest_simscope.transports.base import Transport
+
+if TYPE_CHECKING:
+    from pytest_simscope.transports.queue import OfflineQueue
 
 # How often the courier looks for new journal lines (seconds).
 POLL = 0.02
@@ -250,7 +253,7 @@ class CourierFront:
     def __init__(
         self,
         journal: Journal,
-        spool: Transport,
+        spool: OfflineQueue,
         config: dict[str, Any],
         *,
         executable: str | None = None,
@@ -260,6 +263,7 @@ class CourierFront:
             raise OSError("a delivery process needs a POSIX system")
         self.journal = journal
         self.spool = spool
+        self._run_id = spool.run_id
         self.stats = PublishStats()
         self._warnings: list[str] = []
         self._seq = 0
@@ -386,7 +390,12 @@ class CourierFront:
         """Queue every journaled message not acknowledged yet: the courier is gone."""
         stats = PublishStats(published=self._seq - len(self._unjournaled))
         stats.fallback_reason = reason
-        tail = JournalTail(self.journal.path, self.journal.fileno())
+        # Read through a descriptor of its own: the journal's may be gone (a test that
+        # closed every descriptor it did not open).
+        fd = -1
+        with contextlib.suppress(OSError):
+            fd = os.open(self.journal.path, os.O_RDONLY)
+        tail = JournalTail(self.journal.path, fd if fd >= 0 else self.journal.fileno())
         try:
             acked = _read_acked(tail.ack_path)
             journaled = tail.read()
@@ -395,6 +404,9 @@ class CourierFront:
             stats.warnings.append(f"{reason}; cannot read the journal: {exc}")
             with contextlib.suppress(Exception):
                 tail.close(remove=False)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             return stats
         stats.jobs = sum(1 for _, e in journaled if e.type == "job-finish")
         # What it confirmed went to the destination (or, had it given up on it, to the
@@ -407,11 +419,23 @@ class CourierFront:
         done = self._queue(stats, found)
         with contextlib.suppress(Exception):
             tail.close(remove=done)
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         return stats
 
     def _queue(self, stats: PublishStats, envelopes: list[Envelope]) -> bool:
         if not envelopes:
             return True
+        if self.spool.run_id == self._run_id:
+            # The courier may have queued this run's first messages under its name and
+            # numbers: what follows is queued as a run of its own that starts now, so a
+            # drain delivers it after them, not in between.
+            import datetime as dt
+
+            # (A new leading part: entry names carry the run id's first 8 characters.)
+            self.spool.run_id = f"{os.urandom(4).hex()}-rest-of-{self._run_id}"
+            self.spool.run_started = dt.datetime.now(dt.timezone.utc).isoformat()
         with contextlib.suppress(Exception):
             self.spool.delivered = 0
         try:
@@ -510,14 +534,21 @@ def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
     closing = False
     wait = POLL
     while not closing:
-        ready, _, _ = select.select([control], [], [], wait)
+        ready, _, _ = select.select([control] if control >= 0 else [], [], [], wait)
         if ready:
             try:
                 chunk = os.read(control, 4096)
             except OSError:
                 chunk = b""
-            # "close", or the pytest process is gone: deliver what it journaled.
-            closing = not chunk or b"close" in chunk
+            if b"close" in chunk:
+                closing = True
+            elif not chunk:
+                # The pytest process is gone: deliver what it journaled.  Or it lives and
+                # lost its end of the pipe (a test closed its descriptors): deliver on
+                # until it is gone (close() then finds the courier unreachable and
+                # queues what is left).
+                closing = not parent or os.getppid() != parent
+                control = -1 if not closing else control
         elif parent and os.getppid() != parent:
             # Gone, though a process it forked still holds the pipe open.
             closing = True

@@ -232,7 +232,12 @@ class SimscopeReporter:
             if self._base_metadata
             else b""
         )
-        self.jobdir_root = Path(self.settings.jobdir_root) if self.settings.jobdir_root else None
+        self.jobdir_root: Path | None = None
+        if self.settings.jobdir_root:
+            # Where pytest started, not wherever a test moved the working folder to.
+            self.jobdir_root = Path(self.settings.jobdir_root).expanduser()
+            if not self.jobdir_root.is_absolute():
+                self.jobdir_root = config.invocation_params.dir / self.jobdir_root
 
     # -- regression ----------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import uuid
+import weakref
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -30,6 +31,23 @@ from pytest_simscope.transports.queue import GITIGNORE_TEXT, JOURNAL, OfflineQue
 
 Front = courier.CourierFront | courier.LocalFront
 
+# The publishing plugins of this process.  A process forked from it (a test that forks,
+# multiprocessing's "fork" start method) must not publish with their state: a child that
+# went on running pytest would write into this run's journal and close its courier.
+_publishing: weakref.WeakSet[SimscopePlugin] = weakref.WeakSet()
+# What the child keeps untouched (no finalizer of the parent's objects runs in it).
+_inherited: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for plugin in list(_publishing):
+        plugin.forked()
+    _publishing.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class SimscopePlugin:
     """The publishing side: owns the publisher and the reporter for one session.
@@ -48,11 +66,19 @@ class SimscopePlugin:
         self.queue_root = self._queue_root()
         self.destination = self._destination()
         self.run_id = uuid.uuid4().hex[:12]
-        self.active = not (config.option.collectonly or getattr(config.option, "setupplan", False))
+        # Runs that run no test publish nothing (--collect-only, --setup-plan, --fixtures,
+        # --fixtures-per-test).
+        option = config.option
+        self.active = not any(
+            getattr(option, name, False)
+            for name in ("collectonly", "setupplan", "showfixtures", "show_fixtures_per_test")
+        )
         self._prev_sigterm: Any = None
         self._sigterm_installed = False
+        self._pid = 0
         self._got_sigterm = False
         self.local = local_tests(config)
+        _publishing.add(self)
         self.recovered = 0
         self._secrets = self._secret_values()
         self._early_warnings: list[str] = []
@@ -259,7 +285,7 @@ class SimscopePlugin:
             where += f", shard {self.settings.shard}"
         lines = [f"simscope: regression {self.settings.regression} -> {where}"]
         if not self.active:
-            lines[0] += " (not publishing: collection only)"
+            lines[0] += " (not publishing: no test runs)"
         if config.option.verbose > 0:
             for spec in SPECS:
                 value = getattr(self.settings, spec.name)
@@ -332,9 +358,16 @@ class SimscopePlugin:
         except ValueError:  # not the main thread
             return
         self._prev_sigterm = previous
+        self._pid = os.getpid()
         self._sigterm_installed = True
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            # A forked child (it may not have run the fork hook yet): SIGTERM does there
+            # what it would without pytest-simscope.
+            signal.signal(signal.SIGTERM, self._prev_sigterm or signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         self._got_sigterm = True
         self._restore_sigterm()
         raise KeyboardInterrupt("SIGTERM")
@@ -352,6 +385,15 @@ class SimscopePlugin:
                 sys.stdout.flush()
                 sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGTERM)
+
+    def forked(self) -> None:
+        """In a forked child: publish nothing, touch nothing of the parent's run, and
+        leave SIGTERM as it was before pytest-simscope."""
+        _inherited.extend((self.reporter, self.publisher))
+        self.reporter = None
+        self.publisher = None
+        self.active = False
+        self._restore_sigterm()
 
     def shutdown(self) -> None:
         """Last resort at unconfigure: close whatever sessionfinish did not."""

@@ -24,6 +24,7 @@ from brokerlib import BrokerInfo
 from published import (
     assert_clean,
     bare,
+    finished,
     isolate_environment,
     normalised,
     recorded,
@@ -511,3 +512,95 @@ def test_odd_content_is_published_alike_from_the_courier_and_in_process(
         ]
 
     assert messages(courier_records) == messages(local_records)
+
+
+FORKING = '''
+import multiprocessing
+import os
+import signal
+import time
+
+def test_fork_and_go_on():
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+    # The child returns as well: it runs the rest of the session, a copy of this pytest.
+
+def test_after():
+    pass
+
+def _nap():
+    time.sleep(30)
+
+def test_terminate_a_forked_process():
+    process = multiprocessing.get_context("fork").Process(target=_nap)
+    process.start()
+    process.terminate()
+    process.join(30)
+    assert process.exitcode == -signal.SIGTERM
+'''
+
+
+@pytest.mark.parametrize("in_process", [False, True], ids=["courier", "in-process"])
+def test_a_forked_child_publishes_nothing_and_keeps_sigterm_as_it_was(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, in_process: bool
+) -> None:
+    """A test's forked child that goes on running pytest publishes nothing (it would write
+    into the parent's journal and close its courier); a forked process that gets SIGTERM
+    dies of it, as without the plugin."""
+    pytester.makepyfile(test_forking=FORKING)
+    if in_process:
+        monkeypatch.setenv(INPROCESS_ENV, "1")
+    result, records = recorded(pytester, "-s", subprocess=True)
+
+    assert result.ret == pytest.ExitCode.OK
+    assert_clean(records)
+    assert types(records).count("regr-start") == types(records).count("regr-finish") == 1
+    jobs = finished(records)
+    assert sorted(jobs) == [
+        "test_forking.py::test_after",
+        "test_forking.py::test_fork_and_go_on",
+        "test_forking.py::test_terminate_a_forked_process",
+    ]
+    assert {job["result"] for job in jobs.values()} == {"pass"}
+    assert "simscope: " in result.stdout.str()
+    assert "delivery process failed" not in result.stdout.str()
+
+
+CLOSES_DESCRIPTORS = '''
+import os
+import time
+
+def test_before():
+    pass
+
+def test_close_every_descriptor():
+    os.closerange(3, 65536)
+    time.sleep(0.5)  # the courier sees its pipe closed while pytest lives on
+
+def test_after():
+    pass
+'''
+
+
+def test_a_test_that_closes_every_descriptor_loses_nothing(pytester: pytest.Pytester) -> None:
+    """The pytest process loses its journal's descriptor and the courier's pipe: the
+    courier delivers on while pytest lives, and pytest queues what it cannot confirm."""
+    pytester.makepyfile(test_fds=CLOSES_DESCRIPTORS)
+    # Without these plugins pytest itself survives losing its own descriptors.
+    args = ("-s", "-p", "no:faulthandler", "-p", "no:logging", "-p", "no:randomly")
+    expected = bare(pytester, *args, subprocess=True).ret
+    result = pytester.runpytest_subprocess(*args, "--simscope-regression=fds/1")
+
+    assert result.ret == expected == pytest.ExitCode.OK
+    records = queued(pytester)
+    kinds = types(records)
+    assert kinds.count("regr-start") == kinds.count("regr-finish") == 1
+    finishes = sorted(r["body"]["uniqueid"] for r in records if r["type"] == "job-finish")
+    assert finishes == [
+        "test_fds.py::test_after",
+        "test_fds.py::test_before",
+        "test_fds.py::test_close_every_descriptor",
+    ]
+    assert_clean(records)
+    assert not list((queue_root(pytester) / "journal").glob("*.jsonl"))

@@ -153,15 +153,20 @@ def test_header_and_summary_lines(pytester: pytest.Pytester) -> None:
     assert without_live <= int(match.group(1)) <= len(records)
 
 
-def test_collect_only_publishes_nothing(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize(
+    "option", ["--collect-only", "--setup-plan", "--fixtures", "--fixtures-per-test"]
+)
+def test_a_run_that_runs_no_test_publishes_nothing(
+    pytester: pytest.Pytester, option: str
+) -> None:
     pytester.makepyfile(test_three=THREE)
-    result, records = recorded(pytester, "--collect-only")
+    result, records = recorded(pytester, option)
 
     assert result.ret == pytest.ExitCode.OK
     assert records == []
     assert (
         f"simscope: regression {REGRESSION} -> offline queue .simscope/queue/outbox "
-        "(not publishing: collection only)"
+        "(not publishing: no test runs)"
     ) in result.outlines
 
 

@@ -439,6 +439,27 @@ def test_jobdir_holds_the_log_of_each_test(
     assert "jobdir" not in live[0]
 
 
+def test_a_relative_jobdir_root_is_where_pytest_started(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_moves="""
+        import os
+
+        def test_moves_away():
+            os.makedirs("elsewhere", exist_ok=True)
+            os.chdir("elsewhere")
+
+        def test_after():
+            pass
+        """
+    )
+    result, records = recorded(pytester, "--simscope-jobdir-root=logs")
+
+    result.assert_outcomes(passed=2)
+    root = (pytester.path / "logs").resolve()
+    for nodeid in ("test_moves.py::test_moves_away", "test_moves.py::test_after"):
+        assert Path(job(records, nodeid)["jobdir"]).resolve().is_relative_to(root)
+
+
 def test_jobdir_names_are_the_same_from_run_to_run(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_named="def test_one():\n    pass\n")
     root = pytester.path / "jobs"
