@@ -678,7 +678,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(
             f"{r['suite']:8} {r['variant']:9} {r['runs']:>4} {r['median_s']:>9.3f}"
             f" {r['min_s']:>8.3f} {r['ratio']:>6.3f}"
-            f" {r['paired_ratio'] if r['paired_ratio'] is not None else '-':>6}"
+            f" {format(r['paired_ratio'], '.3f') if r['paired_ratio'] is not None else '-':>6}"
             f" {r['cpu_median_s']:>7.2f}"
             f" {r['cpu_ratio']:>9.3f}"
             f"  {r['target'] or '-':34} {r['result'] or '-'}"
