@@ -243,14 +243,23 @@ class LocalTests:
         item = self.with_metadata.get(nodeid)
         if item is not None:
             return item
+        items = getattr(self.session, "items", None) or ()
         if self._by_id is None:
-            items = getattr(self.session, "items", None) or ()
-            # Built when the first marked test reports; an id collected twice (a
-            # duplicate argument) is one function, with one set of markers.
+            # Built when the first marked test reports, of the tests marked by then (a
+            # few, not 100,000); an id collected twice (a duplicate argument) is one
+            # function, with one set of markers.
             self._by_id = {}
             for found in items:
-                self._by_id.setdefault(found.nodeid, found)
-        return self._by_id.get(nodeid)
+                if "simscope" in found.keywords:
+                    self._by_id.setdefault(found.nodeid, found)
+        item = self._by_id.get(nodeid)
+        if item is None:
+            # Marked while it ran (a fixture's applymarker): rare, so looked for.
+            for found in items:
+                if found.nodeid == nodeid:
+                    item = self._by_id[nodeid] = found
+                    break
+        return item
 
     def data(self, report: pytest.TestReport) -> dict[str, Any] | None:
         """The marker's fields at setup, its metadata and the test's own at teardown
