@@ -53,6 +53,8 @@ if str(HERE) not in sys.path:
 
 from delay_proxy import DelayProxy  # noqa: E402
 
+from pytest_simscope.courier import COURIER_ARG  # noqa: E402
+
 HOST = "127.0.0.1"
 AMQP_PORT = 5672
 API_PORT = 15672
@@ -81,9 +83,10 @@ VARIANTS = ("bare", "disabled", "offline", "amqp", "http", "delay")
 class Run:
     """One child process: wall seconds, CPU seconds, peak RSS in MiB, exit code, output.
 
-    ``helpers_mb``: the peak RSS of the processes it started (pytest-simscope's delivery
-    process), summed, in MiB, sampled every 20 ms (``VmHWM``); ``cpu`` already includes
-    their CPU time (the child waits for them).
+    ``helpers_mb``: the peak RSS of pytest-simscope's delivery process, in MiB, sampled
+    every 20 ms (``VmHWM``); ``cpu`` includes its CPU time as last sampled (it is not the
+    child's child, so the child's rusage does not count it; up to 20 ms of it may be
+    missed).
     """
 
     wall: float
@@ -99,30 +102,40 @@ class Run:
         return self.maxrss_mb + self.helpers_mb
 
 
-def _helper_peaks(parent: int, peaks: dict[int, int]) -> None:
-    """Record the ``VmHWM`` (KiB) of every delivery process whose parent is *parent*.
+def _helper_peaks(parent: int, peaks: dict[int, int], cpu: dict[int, float]) -> None:
+    """Record the ``VmHWM`` (KiB) and the CPU time so far (s) of every delivery process
+    that serves the pytest process *parent*.
 
-    Only processes running ``pytest_simscope.courier``: between fork and exec a child
-    still shows its parent's memory.
+    The courier is not pytest's child (the process pytest starts forks it and exits); its
+    arguments name it and the pytest process it serves.
     """
     try:
         pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
         return
+    wanted = [COURIER_ARG.encode(), str(parent).encode()]
     for pid in pids:
         try:
-            if b"pytest_simscope.courier" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if COURIER_ARG.encode() not in args:
+                continue
+            at = args.index(COURIER_ARG.encode())
+            if args[at : at + 2] != wanted:
                 continue
             status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+        except (OSError, ValueError):
             continue
-        fields = dict(
-            line.split(":", 1) for line in status.splitlines() if ":" in line
-        )
-        if fields.get("PPid", "").strip() != str(parent) or "VmHWM" not in fields:
-            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("PPid", "").strip() == str(parent) or "VmHWM" not in fields:
+            continue  # its starter (pytest's child), which shows pytest's memory
         kib = int(fields["VmHWM"].split()[0])
         peaks[pid] = max(peaks.get(pid, 0), kib)
+        # utime and stime, in clock ticks: fields 14 and 15, counted from after the name.
+        after_name = stat.rpartition(b")")[2].split()
+        with contextlib.suppress(IndexError, ValueError):
+            ticks = int(after_name[11]) + int(after_name[12])
+            cpu[pid] = max(cpu.get(pid, 0.0), ticks / os.sysconf("SC_CLK_TCK"))
 
 
 # Children keep compiled modules here: with PYTHONDONTWRITEBYTECODE set (as on some CI
@@ -151,11 +164,12 @@ def run_child(argv: Sequence[str], cwd: Path, timeout: float = RUN_TIMEOUT) -> R
         watchdog = threading.Timer(timeout, proc.kill)
         watchdog.start()
         peaks: dict[int, int] = {}
+        helper_cpu: dict[int, float] = {}
         done = threading.Event()
 
         def sample() -> None:
             while not done.wait(0.02):
-                _helper_peaks(proc.pid, peaks)
+                _helper_peaks(proc.pid, peaks, helper_cpu)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -172,7 +186,7 @@ def run_child(argv: Sequence[str], cwd: Path, timeout: float = RUN_TIMEOUT) -> R
     # ru_maxrss is in KiB on Linux.
     return Run(
         wall,
-        usage.ru_utime + usage.ru_stime,
+        usage.ru_utime + usage.ru_stime + sum(helper_cpu.values()),
         usage.ru_maxrss / 1024,
         proc.returncode,
         text,

@@ -226,6 +226,20 @@ class LocalFront:
         return self.publisher.close(timeout)
 
 
+# How the courier starts: the process pytest starts forks it and exits at once, so the
+# courier is not a child of pytest (a test that waits for every child of its process,
+# os.waitpid(-1) until there is none, must not wait for it), then it runs this module.
+# Its arguments name it and the pytest process it serves, for tools that look for it.
+_START = (
+    "import os\n"
+    "if os.fork():\n"
+    "    os._exit(0)\n"
+    "import runpy\n"
+    "runpy.run_module('pytest_simscope.courier', run_name='__main__', alter_sys=True)\n"
+)
+COURIER_ARG = "pytest_simscope.courier"
+
+
 def _search_path() -> list[str]:
     """The courier's import path: this package's folder, then what this process searched
     when the plugin was loaded, in that order (standard library before site-packages),
@@ -279,17 +293,19 @@ class CourierFront:
         # costs resident memory.
         env.setdefault("MALLOC_ARENA_MAX", "1")
         env["PYTHONPATH"] = os.pathsep.join(_search_path())
+        python = executable or sys.executable
         self._proc = subprocess.Popen(
             # -S: no site module (2-3 MB less for the whole run); the search path is
             # given instead.
-            [executable or sys.executable, "-S", "-m", "pytest_simscope.courier"],
+            [python, "-S", "-c", _START, COURIER_ARG, str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             bufsize=0,  # a courier gone at once shows on the first write, not at close
             pass_fds=(fd,),
             # Not in pytest's process group: Ctrl-C stops the tests, and the tests'
-            # end then stops the courier, after it delivered.
+            # end then stops the courier, after it delivered.  The courier stays in
+            # this new group (its id is self._proc.pid) after its starter is gone.
             start_new_session=True,
             env=env,
             # Not the tests' folder: a module there must not stand in for one it imports.
@@ -305,6 +321,12 @@ class CourierFront:
 
     def start(self) -> None:
         """Nothing: the courier started with this object."""
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Collect the process that started the courier (it exits at once), before any
+        test runs: a test that waits for a child of its own must not get that one."""
+        with contextlib.suppress(Exception):
+            self._proc.wait(timeout)
 
     def _note(self, message: str) -> None:
         self._warnings.append(message)
@@ -351,13 +373,18 @@ class CourierFront:
             if not isinstance(result, dict):
                 result = {}
             if "stats" not in result:
-                problem = str(result.get("error") or f"it exited with {self._proc.returncode}")
+                code = self._proc.returncode
+                problem = str(
+                    result.get("error")
+                    or (f"it exited with {code}" if code else "it ended without a result")
+                )
         except self._subprocess.TimeoutExpired:
             problem = "it did not finish in time"
             self._kill()
         except BrokenPipeError:  # gone before it read "close"
             self._kill()
-            problem = f"it exited with {self._proc.returncode}"
+            code = self._proc.returncode
+            problem = f"it exited with {code}" if code else "it was gone"
         except Exception as exc:  # whatever it was, the journal still holds the run
             problem = f"{type(exc).__name__}: {exc}"
             self._kill()
@@ -381,10 +408,21 @@ class CourierFront:
         return stats
 
     def _kill(self) -> None:
+        """Stop the courier (its whole process group) and wait until it is gone."""
+        group = self._proc.pid
+        with contextlib.suppress(Exception):
+            os.killpg(group, signal.SIGKILL)
         with contextlib.suppress(Exception):
             self._proc.kill()
         with contextlib.suppress(Exception):
             self._proc.wait(5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, 0)
+            except OSError:
+                return  # nobody left in the group
+            time.sleep(0.01)
 
     def _queue_journal(self, reason: str) -> PublishStats:
         """Queue every journaled message not acknowledged yet: the courier is gone."""
@@ -547,9 +585,9 @@ def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
                 # lost its end of the pipe (a test closed its descriptors): deliver on
                 # until it is gone (close() then finds the courier unreachable and
                 # queues what is left).
-                closing = not parent or os.getppid() != parent
+                closing = not parent or not _alive(parent)
                 control = -1 if not closing else control
-        elif parent and os.getppid() != parent:
+        elif parent and not _alive(parent):
             # Gone, though a process it forked still holds the pipe open.
             closing = True
         now = time.monotonic()
@@ -570,6 +608,23 @@ def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
     if tail.bad_lines:
         publisher._note(f"{tail.bad_lines} unreadable journal lines skipped")
     return publisher.close(float(config.get("flush_timeout", 5.0)))
+
+
+def _alive(pid: int) -> bool:
+    """Whether process *pid* still runs (a zombie, dead but not yet collected, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's: it exists
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return True  # no /proc: the signal test is all there is
+    # "pid (comm) state ...": the name may hold anything, the state follows the last ")".
+    return stat.rpartition(b")")[2].split()[:1] != [b"Z"]
 
 
 def _first_line(fd: int) -> bytes:

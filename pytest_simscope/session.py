@@ -39,6 +39,19 @@ _publishing: weakref.WeakSet[SimscopePlugin] = weakref.WeakSet()
 _inherited: list[Any] = []
 
 
+def _before_fork() -> None:
+    # The child starts with SIGTERM's default action: a handler inherited across the fork
+    # would lose a SIGTERM that arrives at once (Python forgets signals caught before its
+    # after-fork clean-up).
+    for plugin in list(_publishing):
+        plugin.sigterm_handler(installed=False)
+
+
+def _after_fork_in_parent() -> None:
+    for plugin in list(_publishing):
+        plugin.sigterm_handler(installed=True)
+
+
 def _after_fork_in_child() -> None:
     for plugin in list(_publishing):
         plugin.forked()
@@ -46,7 +59,11 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 class SimscopePlugin:
@@ -235,6 +252,8 @@ class SimscopePlugin:
 
     @pytest.hookimpl
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if isinstance(self.publisher, courier.CourierFront):
+            self.publisher.settle()  # before the first test runs
         if self.reporter is not None:
             self._guard("collection", self.reporter.set_submitted, len(session.items))
 
@@ -387,13 +406,19 @@ class SimscopePlugin:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def forked(self) -> None:
-        """In a forked child: publish nothing, touch nothing of the parent's run, and
-        leave SIGTERM as it was before pytest-simscope."""
+        """In a forked child: publish nothing and touch nothing of the parent's run (its
+        SIGTERM action is the default already, see _before_fork)."""
         _inherited.extend((self.reporter, self.publisher))
         self.reporter = None
         self.publisher = None
         self.active = False
-        self._restore_sigterm()
+        self._sigterm_installed = False
+
+    def sigterm_handler(self, *, installed: bool) -> None:
+        """Around a fork: take the SIGTERM handler away, then put it back."""
+        if self._sigterm_installed:
+            with contextlib.suppress(ValueError):  # a fork from another thread
+                signal.signal(signal.SIGTERM, self._on_sigterm if installed else signal.SIG_DFL)
 
     def shutdown(self) -> None:
         """Last resort at unconfigure: close whatever sessionfinish did not."""

@@ -404,7 +404,7 @@ def test_a_courier_killed_mid_run_loses_nothing(
     assert "Traceback" not in text and "INTERNALERROR" not in text
     assert any(
         line.startswith(
-            "simscope: warning: the delivery process failed (it exited with -9); "
+            "simscope: warning: the delivery process failed (it ended without a result); "
             "queued the rest of this run offline ("
         )
         for line in text.splitlines()
@@ -604,3 +604,43 @@ def test_a_test_that_closes_every_descriptor_loses_nothing(pytester: pytest.Pyte
     ]
     assert_clean(records)
     assert not list((queue_root(pytester) / "journal").glob("*.jsonl"))
+
+
+WAITS_FOR_CHILDREN = '''
+import os
+import subprocess
+
+def test_waits_for_its_own_child():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(3)
+    got, status = os.wait()
+    assert (got, os.waitstatus_to_exitcode(status)) == (pid, 3)
+
+def test_waits_for_every_child():
+    subprocess.Popen(["true"])
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+
+def test_after():
+    pass
+'''
+
+
+def test_tests_that_wait_for_children_never_meet_the_courier(pytester: pytest.Pytester) -> None:
+    """The courier is not a child of pytest: a test waiting for any child gets its own, and
+    one that waits until no child is left does not wait for the session to end."""
+    pytester.makepyfile(test_children=WAITS_FOR_CHILDREN)
+    result, records = recorded(pytester, subprocess=True)
+
+    assert result.ret == pytest.ExitCode.OK
+    assert_clean(records)
+    assert sorted(finished(records)) == [
+        "test_children.py::test_after",
+        "test_children.py::test_waits_for_every_child",
+        "test_children.py::test_waits_for_its_own_child",
+    ]
+    assert "delivery process failed" not in result.stdout.str()

@@ -45,6 +45,7 @@ from brokerlib import (
     stop_broker_app,
 )
 
+from pytest_simscope.courier import COURIER_ARG
 from pytest_simscope.journal import parse_line
 from pytest_simscope.transports.queue import read_outbox
 
@@ -232,11 +233,26 @@ def courier_pid(parent: int, timeout: float = 30) -> int:
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue  # gone meanwhile
+            # Its arguments name pytest; it is not pytest's child (the one that is, with
+            # the same arguments, is its starter, which exits at once).
+            args = cmdline.split(b"\0")
+            if COURIER_ARG.encode() not in args:
+                continue
+            named = args[args.index(COURIER_ARG.encode()) + 1 :][:1]
             ppid = re.search(r"^PPid:\s*(\d+)", status, re.MULTILINE)
-            if ppid and int(ppid.group(1)) == parent and b"pytest_simscope.courier" in cmdline:
+            if (
+                named == [str(parent).encode()]
+                and ppid
+                and int(ppid.group(1)) != parent
+                and not _zombie(status)
+            ):
                 return int(entry.name)
         assert time.monotonic() < deadline, f"pytest {parent} started no courier"
         time.sleep(0.02)
+
+
+def _zombie(status: str) -> bool:
+    return re.search(r"^State:\s*Z", status, re.MULTILINE) is not None
 
 
 def process_gone(pid: int) -> bool:
