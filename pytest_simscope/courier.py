@@ -245,6 +245,8 @@ def _search_path() -> list[str]:
     when the plugin was loaded, in that order (standard library before site-packages),
     without the folder pytest was started in (a module there must not stand in for one
     the courier imports)."""
+    import sysconfig
+
     import pytest_simscope
 
     package_root = str(Path(pytest_simscope.__file__).resolve().parent.parent)
@@ -258,7 +260,21 @@ def _search_path() -> list[str]:
             and os.path.exists(entry)
         ):
             path.append(entry)
-    return path
+    # The standard library and the installed packages first: a test folder on PYTHONPATH
+    # holding a json.py or select.py must not stand in for the real one in the courier.
+    installed = tuple(
+        os.path.join(os.path.realpath(folder), "")
+        for key, folder in sysconfig.get_paths().items()
+        if key in ("stdlib", "platstdlib", "purelib", "platlib")
+    )
+
+    def is_installed(entry: str) -> bool:
+        return os.path.join(os.path.realpath(entry), "").startswith(installed)
+
+    rest = path[1:]
+    return [package_root] + [e for e in rest if is_installed(e)] + [
+        e for e in rest if not is_installed(e)
+    ]
 
 
 class CourierFront:
@@ -380,6 +396,9 @@ class CourierFront:
                 )
         except self._subprocess.TimeoutExpired:
             problem = "it did not finish in time"
+            self._kill()
+        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) while waiting: stop waiting
+            problem = "delivery interrupted"
             self._kill()
         except BrokenPipeError:  # gone before it read "close"
             self._kill()
@@ -564,7 +583,10 @@ def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
         stub = types.ModuleType("pika.adapters.asyncio_connection")
         stub.AsyncioConnection = None  # type: ignore[attr-defined]
         sys.modules[stub.__name__] = stub
-    spool = OfflineQueue(Path(config["queue_root"]), run_id=config["run_id"])
+    anchor = config.get("queue_anchor")
+    spool = OfflineQueue(
+        Path(config["queue_root"]), run_id=config["run_id"], anchor=Path(anchor) if anchor else None
+    )
     tail = JournalTail(Path(config["journal"]), int(config["fd"]))
     publisher, relay = delivery(config, spool, tail)
     publisher.start()

@@ -415,16 +415,20 @@ class Publisher:
             self._cond.notify_all()
         self._close_at = time.monotonic()
         self._close_requested.set()
+        why_late = f"not delivered within the flush timeout ({timeout:g} s)"
         if self._started:
             # Wait for the flush, but not for a destination that never took a message
             # and is failing: it is down or misconfigured, and waiting would only make
             # every run slower (a connect to a silent host can take the whole timeout).
             deadline = time.monotonic() + max(0.0, timeout)
-            while self._thread.is_alive() and not self._unreachable():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._thread.join(min(left, 0.05))
+            try:
+                while self._thread.is_alive() and not self._unreachable():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._thread.join(min(left, 0.05))
+            except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) while waiting: stop waiting
+                why_late = "delivery interrupted"
         # Holding _spool_lock: the sender is not half-way through writing to the queue, and
         # a late publish() waits until the leftovers are written before its own message.
         with self._spool_lock:
@@ -440,7 +444,7 @@ class Publisher:
                 if self._unreachable() and self._last_error:
                     self._degrade(self._last_error)
                 else:
-                    reason = f"not delivered within the flush timeout ({timeout:g} s)"
+                    reason = why_late
                     self.stats.fallback_reason = reason
                     self._note(f"{reason}; queued the rest of this run offline")
             self._spool_locked(leftover)

@@ -39,23 +39,36 @@ _publishing: weakref.WeakSet[SimscopePlugin] = weakref.WeakSet()
 _inherited: list[Any] = []
 
 
+# Around a test's fork, SIGTERM is blocked in the forking thread: a child that inherited
+# the plugin's handler would lose a SIGTERM arriving at once (Python forgets signals caught
+# before its after-fork clean-up).  The child gets SIGTERM's default action back, then the
+# signal is unblocked: one that came meanwhile ends it, as without the plugin.  The parent
+# gets it after the fork, handled as usual.
+_TERM = {signal.SIGTERM} if hasattr(signal, "SIGTERM") else set()
+
+
+def _sigterm_blocked(blocked: bool) -> None:
+    with contextlib.suppress(Exception):
+        signal.pthread_sigmask(signal.SIG_BLOCK if blocked else signal.SIG_UNBLOCK, _TERM)
+
+
 def _before_fork() -> None:
-    # The child starts with SIGTERM's default action: a handler inherited across the fork
-    # would lose a SIGTERM that arrives at once (Python forgets signals caught before its
-    # after-fork clean-up).
-    for plugin in list(_publishing):
-        plugin.sigterm_handler(installed=False)
+    if any(plugin.handles_sigterm for plugin in list(_publishing)):
+        _sigterm_blocked(True)
 
 
 def _after_fork_in_parent() -> None:
-    for plugin in list(_publishing):
-        plugin.sigterm_handler(installed=True)
+    if any(plugin.handles_sigterm for plugin in list(_publishing)):
+        _sigterm_blocked(False)
 
 
 def _after_fork_in_child() -> None:
+    blocked = any(plugin.handles_sigterm for plugin in list(_publishing))
     for plugin in list(_publishing):
         plugin.forked()
     _publishing.clear()
+    if blocked:
+        _sigterm_blocked(False)
 
 
 if hasattr(os, "register_at_fork"):
@@ -111,6 +124,10 @@ class SimscopePlugin:
             return root
         return self.config.rootpath / ".simscope" / "queue"
 
+    def _queue_anchor(self) -> Path | None:
+        """The folder the default queue is in (pytest's root folder): never recreated."""
+        return None if self.settings.queue_dir else self.config.rootpath
+
     def _destination(self) -> str:
         if self.settings.url:
             return mask_url(self.settings.url)
@@ -145,7 +162,7 @@ class SimscopePlugin:
         return path
 
     def _start_publisher(self) -> Front:
-        spool = OfflineQueue(self.queue_root, run_id=self.run_id)
+        spool = OfflineQueue(self.queue_root, run_id=self.run_id, anchor=self._queue_anchor())
         self._write_gitignore()
         journal: Journal | None = None
         try:
@@ -173,6 +190,7 @@ class SimscopePlugin:
         record = self._record_path()
         return {
             "queue_root": str(self.queue_root),
+            "queue_anchor": str(anchor) if (anchor := self._queue_anchor()) else None,
             "run_id": self.run_id,
             "url": s.url,
             "username": s.username,
@@ -406,19 +424,17 @@ class SimscopePlugin:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def forked(self) -> None:
-        """In a forked child: publish nothing and touch nothing of the parent's run (its
-        SIGTERM action is the default already, see _before_fork)."""
+        """In a forked child: publish nothing, touch nothing of the parent's run, and give
+        SIGTERM back its action from before the plugin (see _before_fork)."""
         _inherited.extend((self.reporter, self.publisher))
         self.reporter = None
         self.publisher = None
         self.active = False
-        self._sigterm_installed = False
+        self._restore_sigterm()  # the forking thread is the child's main thread
 
-    def sigterm_handler(self, *, installed: bool) -> None:
-        """Around a fork: take the SIGTERM handler away, then put it back."""
-        if self._sigterm_installed:
-            with contextlib.suppress(ValueError):  # a fork from another thread
-                signal.signal(signal.SIGTERM, self._on_sigterm if installed else signal.SIG_DFL)
+    @property
+    def handles_sigterm(self) -> bool:
+        return self._sigterm_installed
 
     def shutdown(self) -> None:
         """Last resort at unconfigure: close whatever sessionfinish did not."""

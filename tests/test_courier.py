@@ -518,6 +518,7 @@ FORKING = '''
 import multiprocessing
 import os
 import signal
+import threading
 import time
 
 def test_fork_and_go_on():
@@ -538,6 +539,21 @@ def test_terminate_a_forked_process():
     process.terminate()
     process.join(30)
     assert process.exitcode == -signal.SIGTERM
+
+def test_terminate_a_process_forked_from_a_thread():
+    codes = []
+
+    def fork_and_terminate():
+        process = multiprocessing.get_context("fork").Process(target=_nap)
+        process.start()
+        process.terminate()
+        process.join(30)
+        codes.append(process.exitcode)
+
+    thread = threading.Thread(target=fork_and_terminate)
+    thread.start()
+    thread.join(60)
+    assert codes == [-signal.SIGTERM]
 '''
 
 
@@ -561,6 +577,7 @@ def test_a_forked_child_publishes_nothing_and_keeps_sigterm_as_it_was(
         "test_forking.py::test_after",
         "test_forking.py::test_fork_and_go_on",
         "test_forking.py::test_terminate_a_forked_process",
+        "test_forking.py::test_terminate_a_process_forked_from_a_thread",
     ]
     assert {job["result"] for job in jobs.values()} == {"pass"}
     assert "simscope: " in result.stdout.str()
@@ -644,3 +661,99 @@ def test_tests_that_wait_for_children_never_meet_the_courier(pytester: pytest.Py
         "test_children.py::test_waits_for_its_own_child",
     ]
     assert "delivery process failed" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("in_process", "signum", "status"),
+    [
+        (False, signal.SIGINT, 0),
+        (True, signal.SIGINT, 0),
+        (False, signal.SIGTERM, -signal.SIGTERM),
+    ],
+    ids=["courier-ctrl-c", "in-process-ctrl-c", "courier-sigterm"],
+)
+def test_interrupted_while_delivering_at_the_end_queues_the_rest(
+    pytester: pytest.Pytester, tmp_path: Path, in_process: bool, signum: int, status: int
+) -> None:
+    """Ctrl-C (or SIGTERM) while the end of the run waits for a slow destination stops the
+    waiting: the rest is queued, the summary printed; Ctrl-C leaves the tests' exit status,
+    SIGTERM still ends pytest by that signal."""
+    pytester.makepyfile(test_quick="def test_one():\n    pass\n\ndef test_two():\n    pass\n")
+    slow = tmp_path / "slow-tunnel"
+    slow.write_text("#!/bin/sh\nsleep 30\n", encoding="utf-8")
+    slow.chmod(0o755)
+    (tmp_path / "tunnel.conf").write_text("", encoding="utf-8")
+    env = dict(os.environ)
+    env.pop(INPROCESS_ENV, None)
+    if in_process:
+        env[INPROCESS_ENV] = "1"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider",
+            "--simscope-regression=intr/1", "--simscope-flush-timeout=60",
+            f"--simscope-url=tunnel:{tmp_path / 'tunnel.conf'}",
+            f"--simscope-tunnel-command={slow} {{type}} {{file}}",
+        ],
+        cwd=pytester.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        # Both tests are journaled by the time the session closes; wait until it does.
+        while not list((queue_root(pytester) / "journal").glob("*.jsonl")):
+            assert time.monotonic() < deadline, "no journal"
+            time.sleep(0.05)
+        time.sleep(3)
+        os.killpg(proc.pid, signum)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = out.decode("utf-8", "replace")
+
+    assert proc.returncode == status, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert "2 passed" in text
+    assert "delivery interrupted" in text, text
+    records = queued(pytester)
+    kinds = types(records)
+    assert kinds.count("regr-start") == kinds.count("regr-finish") == 1
+    finishes = sorted(r["body"]["uniqueid"] for r in records if r["type"] == "job-finish")
+    assert finishes == ["test_quick.py::test_one", "test_quick.py::test_two"]
+    assert_clean(records)
+
+
+REMOVES_ITS_FOLDER = '''
+import os
+import shutil
+
+def test_removes_the_folder_pytest_started_in():
+    shutil.rmtree(os.getcwd())
+
+def test_after():
+    pass
+'''
+
+
+def test_the_default_queue_does_not_bring_back_a_removed_root_folder(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """A test removes pytest's root folder, where the default queue lives: the queue is
+    not written there again (that would recreate the folder and change how pytest ends)."""
+    root = tmp_path / "project"
+
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir()
+        (root / "test_gone.py").write_text(REMOVES_ITS_FOLDER, encoding="utf-8")
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider", *args],
+            cwd=root, capture_output=True, timeout=120, check=False,
+        )
+
+    bare_run = run("-p", "no:simscope")
+    published = run("--simscope-regression=gone/1")
+
+    assert published.returncode == bare_run.returncode
+    assert not root.exists()

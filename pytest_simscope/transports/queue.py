@@ -49,8 +49,15 @@ _ENTRY_SUFFIX = os.sep + ENTRY_FILE
 _now_ns = time.time_ns
 
 
-def ensure_layout(root: Path) -> None:
-    """Create the queue folders (and the ``.gitignore``) when missing."""
+def ensure_layout(root: Path, anchor: Path | None = None) -> None:
+    """Create the queue folders (and the ``.gitignore``) when missing.
+
+    *anchor*: a folder above *root* that must exist (it is never created): the default
+    queue lives in pytest's root folder, and a test that removed that folder must not see
+    it come back (pytest's own end would then go differently).
+    """
+    if anchor is not None and not anchor.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "the folder the queue is in was removed", str(anchor))
     for name in (OUTBOX, INBOX, ARCHIVE, TMP, JOURNAL):
         (root / name).mkdir(parents=True, exist_ok=True)
     ignore = root / ".gitignore"
@@ -187,8 +194,10 @@ class OfflineQueue(Transport):
         run_id: str | None = None,
         run_started: str | None = None,
         created_by: str | None = None,
+        anchor: Path | None = None,
     ) -> None:
         self.root = Path(root)
+        self.anchor = anchor  # see ensure_layout
         self.run_id = run_id or os.urandom(6).hex()
         self.run_started = run_started or dt.datetime.now(dt.timezone.utc).isoformat()
         self.created_by = created_by or f"pytest-simscope {__version__} on {socket.gethostname()}"
@@ -221,7 +230,7 @@ class OfflineQueue(Transport):
     def _ready(self) -> None:
         if not self._layout_ready:
             try:
-                ensure_layout(self.root)
+                ensure_layout(self.root, self.anchor)
             except OSError as exc:
                 raise PermanentError(f"cannot create the offline queue {self.root}: {exc}") from exc
             self._layout_ready = True
@@ -410,7 +419,7 @@ class OfflineQueue(Transport):
             except FileExistsError:
                 continue
             except FileNotFoundError:
-                ensure_layout(self.root)  # someone removed tmp/ while we ran
+                ensure_layout(self.root, self.anchor)  # someone removed tmp/ while we ran
                 os.mkdir(staging)
             try:
                 records = entry.records
