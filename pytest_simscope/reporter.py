@@ -210,6 +210,7 @@ class SimscopeReporter:
         self._started = False
         self._closed = False
         self._worker_counts: dict[str, int] = {}
+        self._unreplaced = 0  # crashed workers (--dist each) no new worker took over yet
         self.start_epoch = time.time()
         self._base_metadata = list(self.settings.metadata)
         self._build = self.settings.build
@@ -296,6 +297,12 @@ class SimscopeReporter:
 
     def worker_collected(self, worker: str, count: int) -> None:
         """An xdist worker finished collecting *count* tests."""
+        if self.dist_each and worker not in self._worker_counts and self._unreplaced:
+            # Under --dist each, a worker started in place of a crashed one runs what
+            # that one had left: its tests are already counted.
+            self._unreplaced -= 1
+            self._worker_counts[worker] = 0
+            return
         self._worker_counts[worker] = count
         if self.dist_each:
             self.set_submitted(sum(self._worker_counts.values()))
@@ -695,6 +702,8 @@ class SimscopeReporter:
 
     def worker_down(self, worker: str, error: Any) -> None:
         """An xdist worker went away: its running tests end as failures."""
+        if self.dist_each and worker in self._worker_counts:
+            self._unreplaced += 1
         for key in [k for k in self._open if k[0] == worker]:
             job = self._open[key]
             self._crashed.add(key)

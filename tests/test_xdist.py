@@ -195,3 +195,19 @@ def test_crashing_worker_without_restart_still_finishes(pytester: pytest.Pyteste
     assert bodies(records, "regr-finish") == [
         {"name": REGRESSION, "pending": False, "submitted": len(finished(records))}
     ]
+
+
+def test_dist_each_counts_a_crashed_workers_replacement_once(pytester: pytest.Pytester) -> None:
+    """Under --dist each, the worker started in place of a crashed one runs what that one
+    had left: the regression's count of tests does not grow by its collection."""
+    pytester.makepyfile(test_crash=CRASHING)
+    result, records = recorded(pytester, "-n", "2", "--dist", "each")
+
+    # (How many tests run after the crashes is up to xdist; both workers crash once.)
+    assert result.ret != pytest.ExitCode.OK
+    assert_clean(records)
+    updates = [body["submitted"] for body in bodies(records, "regr-update")]
+    assert updates and max(updates) == 10, updates
+    assert bodies(records, "regr-finish") == [
+        {"name": REGRESSION, "pending": False, "submitted": len(finished(records))}
+    ]
