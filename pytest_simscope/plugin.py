@@ -179,7 +179,9 @@ def simscope_metadata(request: pytest.FixtureRequest) -> JobMetadata:
     become strings.  Works (and does nothing visible) when publishing is off.
     """
     node = request.node
-    pairs = node.stash.setdefault(metadata_key, [])
+    # A new list for each run of the test (pytest-rerunfailures runs it again).
+    pairs: list[tuple[str, str]] = []
+    node.stash[metadata_key] = pairs
     if isinstance(node, pytest.Item):
         tests = request.config.stash.get(local_tests_key, None)
         if tests is not None:  # publishing: the teardown report picks them up
@@ -207,8 +209,13 @@ def _marker_data(item: pytest.Item) -> dict[str, Any]:
         return {}
     data: dict[str, Any] = {}
     pairs: list[tuple[str, str]] = []
-    # Closest marker first; a farther one only fills what a closer one left unset.
+    # Closest marker first; a farther one only fills what a closer one left unset.  A
+    # marker met twice (a fixture that marks its test again on each rerun) counts once.
+    seen: list[Any] = []
     for mark in item.iter_markers("simscope"):
+        if mark in seen:
+            continue
+        seen.append(mark)
         kwargs = dict(mark.kwargs)
         for name in ("category", "testgroup"):
             value = kwargs.pop(name, None)

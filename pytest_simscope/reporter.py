@@ -469,8 +469,11 @@ class SimscopeReporter:
         self, job: _Open, report: Any, when: str, data: dict[str, Any], extra: dict[str, Any]
     ) -> None:
         """Take a setup, call or teardown report (or a subtest's) of *job*."""
-        if job.rerun_pending and when == "setup":
-            # The next attempt of a rerun test: only the last attempt decides.
+        subtest = type(report) is not pytest.TestReport and _is_subtest(report)
+        if job.rerun_pending and (when == "setup" or subtest):
+            # The next attempt of a rerun test: only the last attempt decides.  (Its
+            # subtests report while it runs; pytest-rerunfailures hands on its setup
+            # report only after it.)
             job.rerun_pending = False
             job.outcome = "passed"
             job.failures = []
@@ -482,11 +485,12 @@ class SimscopeReporter:
         # Not only pytest's three outcomes: pytest-rerunfailures adds "rerun".
         outcome: str = str(report.outcome)
         if outcome == "rerun":  # pytest-rerunfailures' own outcome
-            job.reruns += 1
+            if not job.rerun_pending:  # once an attempt (its call and teardown may both)
+                job.reruns += 1
             job.rerun_pending = True
             job.last_report = report
             return
-        if type(report) is not pytest.TestReport and _is_subtest(report):
+        if subtest:
             # A subtest is part of its test's job: a failing one fails the job, the others
             # are counted; none of them ends the test or changes its own outcome.
             job.subtests[outcome] = job.subtests.get(outcome, 0) + 1
@@ -499,6 +503,12 @@ class SimscopeReporter:
             added = data.get("metadata")
             if added:
                 job.metadata.extend(metadata_pairs(added))
+            if when == "setup" and not job.live_sent:
+                # The job opened on an earlier report (a subtest's, before
+                # pytest-rerunfailures handed on the setup report): the marker's fields.
+                job.category = str(data.get("category") or self._category)
+                job.testgroup = self._testgroup(job.nodeid, data)
+                job.raw = None
         if outcome == "passed":
             if when == "setup":
                 if not job.live_sent:

@@ -279,6 +279,79 @@ def test_reruns_are_one_job_per_test(pytester: pytest.Pytester, xdist: tuple[str
     assert bodies(records, "regr-finish")[0]["submitted"] == 3
 
 
+RERUN_DETAILS_SUITE = """
+import pytest
+
+RUNS = {}
+
+def first_time(name):
+    RUNS[name] = RUNS.get(name, 0) + 1
+    return RUNS[name] == 1
+
+@pytest.fixture
+def breaks_once_in_teardown():
+    yield
+    if first_time("teardown"):
+        raise RuntimeError("teardown, first time")
+
+def test_metadata_once(simscope_metadata):
+    simscope_metadata["k"] = "v"
+    assert not first_time("metadata")
+
+@pytest.fixture
+def marks_itself(request):
+    request.applymarker(pytest.mark.simscope(metadata={"fixture": "yes"}))
+
+def test_marker_from_a_fixture_once(marks_itself):
+    assert not first_time("fixture marker")
+
+def test_call_and_teardown_fail_once(breaks_once_in_teardown):
+    assert not first_time("call")
+
+@pytest.mark.simscope(category="marked", testgroup="g")
+def test_subtests_keep_their_marker(subtests):
+    with subtests.test(msg="fine"):
+        pass
+    with subtests.test(msg="broken"):
+        assert not first_time("subtest")
+"""
+
+
+@pytest.mark.parametrize("xdist", [XDIST_MODES[0], XDIST_MODES[2]])
+def test_a_rerun_attempt_counts_once_and_keeps_the_last_attempts_details(
+    pytester: pytest.Pytester, xdist: tuple[str, ...]
+) -> None:
+    """With pytest-rerunfailures: metadata and fixture markers of the last attempt only,
+    one rerun per attempt (a call and a teardown failing in it), and a test whose subtests
+    report before the attempt's setup keeps its marker and its subtests."""
+    pytester.makepyfile(test_rerun_details=RERUN_DETAILS_SUITE)
+    result, records = recorded(pytester, "--reruns", "1", *xdist)
+
+    assert result.ret == pytest.ExitCode.OK
+    assert_clean(records)
+    jobs = {}
+    for nodeid, found in finished_by_nodeid(records).items():
+        [jobs[nodeid]] = found  # one job per test
+    assert {n: b["result"] for n, b in jobs.items()} == {
+        f"test_rerun_details.py::{name}": "pass"
+        for name in (
+            "test_call_and_teardown_fail_once",
+            "test_marker_from_a_fixture_once",
+            "test_metadata_once",
+            "test_subtests_keep_their_marker",
+        )
+    }
+    meta = {n.partition("::")[2]: b.get("metadata") for n, b in jobs.items()}
+    assert meta["test_metadata_once"] == [["k", "v"], ["reruns", "1"]]
+    assert meta["test_marker_from_a_fixture_once"] == [["fixture", "yes"], ["reruns", "1"]]
+    assert meta["test_call_and_teardown_fail_once"] == [["reruns", "1"]]
+    assert meta["test_subtests_keep_their_marker"] == [
+        ["reruns", "1"], ["subtests_passed", "2"]
+    ]
+    marked = jobs["test_rerun_details.py::test_subtests_keep_their_marker"]
+    assert (marked["category"], marked["testgroup"]) == ("marked", "g")
+
+
 MARKER_SUITE = """
 import pytest
 
