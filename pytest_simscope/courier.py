@@ -214,6 +214,9 @@ class LocalFront:
             self.relay.push(seq, envelope, now)
             self.relay.pump(now)
 
+    def settle(self) -> None:
+        """Nothing: no process was started."""
+
     def _tick(self) -> None:
         with self._lock:
             now = time.monotonic()
@@ -452,34 +455,36 @@ class CourierFront:
         fd = -1
         with contextlib.suppress(OSError):
             fd = os.open(self.journal.path, os.O_RDONLY)
-        tail = JournalTail(self.journal.path, fd if fd >= 0 else self.journal.fileno())
         try:
-            acked = _read_acked(tail.ack_path)
-            journaled = tail.read()
-            found = [envelope for seq, envelope in journaled if seq > acked]
-        except OSError as exc:
-            stats.warnings.append(f"{reason}; cannot read the journal: {exc}")
-            with contextlib.suppress(Exception):
-                tail.close(remove=False)
+            self._queue_unacked(stats, reason, fd if fd >= 0 else self.journal.fileno())
+        finally:
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            return stats
-        stats.jobs = sum(1 for _, e in journaled if e.type == "job-finish")
-        # What it confirmed went to the destination (or, had it given up on it, to the
-        # offline queue): counted as delivered, which the warning says.
-        stats.delivered = len(journaled) - len(found)
-        stats.warnings.append(
-            f"{reason}; queued the rest of this run offline ({stats.delivered} messages "
-            "it had confirmed were delivered or queued by it)"
-        )
-        done = self._queue(stats, found)
-        with contextlib.suppress(Exception):
-            tail.close(remove=done)
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
         return stats
+
+    def _queue_unacked(self, stats: PublishStats, reason: str, fd: int) -> None:
+        tail = JournalTail(self.journal.path, fd)
+        done = False
+        try:
+            acked = _read_acked(tail.ack_path)
+            journaled = tail.read()
+        except OSError as exc:
+            stats.warnings.append(f"{reason}; cannot read the journal: {exc}")
+        else:
+            found = [envelope for seq, envelope in journaled if seq > acked]
+            stats.jobs = sum(1 for _, e in journaled if e.type == "job-finish")
+            # What it confirmed went to the destination (or, had it given up on it, to
+            # the offline queue): counted as delivered, which the warning says.
+            stats.delivered = len(journaled) - len(found)
+            stats.warnings.append(
+                f"{reason}; queued the rest of this run offline ({stats.delivered} messages "
+                "it had confirmed were delivered or queued by it)"
+            )
+            done = self._queue(stats, found)
+        finally:
+            with contextlib.suppress(Exception):
+                tail.close(remove=done)
 
     def _queue(self, stats: PublishStats, envelopes: list[Envelope]) -> bool:
         if not envelopes:
@@ -603,12 +608,12 @@ def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
             if b"close" in chunk:
                 closing = True
             elif not chunk:
-                # The pytest process is gone: deliver what it journaled.  Or it lives and
-                # lost its end of the pipe (a test closed its descriptors): deliver on
-                # until it is gone (close() then finds the courier unreachable and
-                # queues what is left).
-                closing = not parent or not _alive(parent)
-                control = -1 if not closing else control
+                # The pipe's end: the pytest process is gone, or it lives on without its
+                # end (a test closed its descriptors).  The check below tells which, and
+                # until it is gone this delivers on (close() then finds the courier
+                # unreachable and queues what is left).
+                control = -1
+                closing = not parent
         elif parent and not _alive(parent):
             # Gone, though a process it forked still holds the pipe open.
             closing = True

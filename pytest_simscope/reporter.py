@@ -311,6 +311,9 @@ class SimscopeReporter:
 
     # -- jobs ----------------------------------------------------------------------------
 
+    def _category_of(self, data: dict[str, Any]) -> str:
+        return str(data.get("category") or self._category) if data else self._category
+
     def _testgroup(self, nodeid: str, data: dict[str, Any]) -> str | None:
         if data.get("testgroup"):
             return str(data["testgroup"])
@@ -335,15 +338,12 @@ class SimscopeReporter:
             self._occurrences[seen] = count
         else:
             count = 1
-        if count == 1 and not self.shard and not self.dist_each:
-            uniqueid = make_uniqueid(nodeid)
-        else:
-            uniqueid = make_uniqueid(
-                nodeid,
-                worker=key[0] if self.dist_each else None,
-                shard=self.shard,
-                occurrence=count,
-            )
+        uniqueid = make_uniqueid(
+            nodeid,
+            worker=key[0] if self.dist_each else None,
+            shard=self.shard,
+            occurrence=count,
+        )
         start = getattr(report, "start", 0.0) or time.time()
         job = _Open(
             nodeid,
@@ -351,7 +351,7 @@ class SimscopeReporter:
             uniqueid,
             start,
             stamp(self._clock.claim_micros(start)),
-            str(data.get("category") or self._category) if data else self._category,
+            self._category_of(data),
             self._testgroup(nodeid, data),
         )
         self._open[key] = job
@@ -456,20 +456,23 @@ class SimscopeReporter:
             return
         if job is None:
             job = self._open_job(report, key, data)
-        self._phase(job, report, when, data, extra)
-        if (
-            when == "teardown"
-            and not job.rerun_pending
-            and self._open.get(key) is job
-            and (type(report) is _TestReport or not _is_subtest(report))
+        subtest = type(report) is not _TestReport and _is_subtest(report)
+        self._phase(job, report, when, data, extra, subtest)
+        if when == "teardown" and not subtest and not job.rerun_pending and (
+            self._open.get(key) is job
         ):
             self._finish(key, job)
 
     def _phase(
-        self, job: _Open, report: Any, when: str, data: dict[str, Any], extra: dict[str, Any]
+        self,
+        job: _Open,
+        report: Any,
+        when: str,
+        data: dict[str, Any],
+        extra: dict[str, Any],
+        subtest: bool,
     ) -> None:
-        """Take a setup, call or teardown report (or a subtest's) of *job*."""
-        subtest = type(report) is not pytest.TestReport and _is_subtest(report)
+        """Take a setup, call or teardown report (or, *subtest*, a subtest's) of *job*."""
         if job.rerun_pending and (when == "setup" or subtest):
             # The next attempt of a rerun test: only the last attempt decides.  (Its
             # subtests report while it runs; pytest-rerunfailures hands on its setup
@@ -506,7 +509,7 @@ class SimscopeReporter:
             if when == "setup" and not job.live_sent:
                 # The job opened on an earlier report (a subtest's, before
                 # pytest-rerunfailures handed on the setup report): the marker's fields.
-                job.category = str(data.get("category") or self._category)
+                job.category = self._category_of(data)
                 job.testgroup = self._testgroup(job.nodeid, data)
                 job.raw = None
         if outcome == "passed":

@@ -105,7 +105,6 @@ class SimscopePlugin:
         )
         self._prev_sigterm: Any = None
         self._sigterm_installed = False
-        self._pid = 0
         self._got_sigterm = False
         self.local = local_tests(config)
         _publishing.add(self)
@@ -270,7 +269,7 @@ class SimscopePlugin:
 
     @pytest.hookimpl
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        if isinstance(self.publisher, courier.CourierFront):
+        if self.publisher is not None:
             self.publisher.settle()  # before the first test runs
         if self.reporter is not None:
             self._guard("collection", self.reporter.set_submitted, len(session.items))
@@ -395,16 +394,9 @@ class SimscopePlugin:
         except ValueError:  # not the main thread
             return
         self._prev_sigterm = previous
-        self._pid = os.getpid()
         self._sigterm_installed = True
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        if os.getpid() != self._pid:
-            # A forked child (it may not have run the fork hook yet): SIGTERM does there
-            # what it would without pytest-simscope.
-            signal.signal(signal.SIGTERM, self._prev_sigterm or signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
         self._got_sigterm = True
         self._restore_sigterm()
         raise KeyboardInterrupt("SIGTERM")
