@@ -218,9 +218,9 @@ class SimscopeReporter:
         # Job bodies are written as JSON from parts encoded once per job or per run.
         # raw_bodies: the sink only needs their bytes (a courier reads them back); else
         # (a pytest_simscope_job hook, delivery in this process) they are parsed back.
-        self._raw = raw_bodies and job_hook is None
-        self._publish_raw: Callable[[MessageType, str, bytes], None] = getattr(
-            publisher, "publish_raw", self._publish_envelope
+        publish_raw = getattr(publisher, "publish_raw", None)
+        self._publish_raw: Callable[[MessageType, str, bytes], None] | None = (
+            publish_raw if raw_bodies and job_hook is None else None
         )
         self._raw_heads: dict[str, bytes] = {}
         self._raw_run = b',"host":' + _json(self.host)
@@ -601,13 +601,10 @@ class SimscopeReporter:
         parts.append(b"}")
         self._publish_job_json("job-finish", b"".join(parts), job.last_report)
 
-    def _publish_envelope(self, kind: MessageType, regression: str, raw: bytes) -> None:
-        self.publisher.publish(Envelope.of_bytes(kind, regression, raw))
-
     def _publish_job_json(self, kind: MessageType, raw: bytes, report: Any) -> None:
         """Publish a job message whose body is *raw* JSON: as it is when only its bytes
         are needed, else (a hook, or delivery in this process) as the dict it encodes."""
-        if self._raw:
+        if self._publish_raw is not None:
             self._publish_raw(kind, self.regression, raw)
         else:
             self._publish_job(kind, json.loads(raw), report)
