@@ -355,6 +355,11 @@ def _count_arg(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns its exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):
+        # File names from the queue may hold undecodable bytes (as surrogates): shown
+        # escaped rather than failing on a strict UTF-8 stream.
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     parser = build_parser()
     if args_list[:1] == ["count"] and not (set(args_list[1:2]) & {"-h", "--help"}):
         rest = args_list[1:]
@@ -373,6 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         subparser.print_usage(sys.stderr)
         print(f"{subparser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # before a command's own handling (drain's) took over
+        print(f"{subparser.prog}: interrupted", file=sys.stderr)
+        return EXIT_LEFT
 
 
 def _err(message: str) -> None:

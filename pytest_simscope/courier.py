@@ -508,7 +508,7 @@ class CourierFront:
                 written = max(0, min(int(self.spool.delivered), len(envelopes)))
             stats.queued += written
             stats.lost += len(envelopes) - written
-            stats.warnings.append(f"{exc}; {len(envelopes) - written} messages not queued")
+            stats.warnings.append(f"{exc}; these messages were not queued")
             return False
         stats.queued += len(envelopes)
         return True

@@ -22,8 +22,10 @@ first delivery of each message keeps the order.
 
 A ``job-live`` whose own ``job-finish`` is sent later in the same pass is not sent (as the
 publisher does: a finished job needs no live message); its entry is archived once that
-``job-finish`` was confirmed.  While some entry is incomplete, ``regr-finish`` messages are
-held back, because the incomplete entry may hold jobs that must come before them.
+``job-finish`` was confirmed.  While an entry is incomplete, the ``regr-finish`` of its
+run's regressions is held back (of every regression when its run is not known), because
+the entry may hold jobs that must come before it.  An entry folder that stays without a
+``job.json`` for the settle time is reported as corrupt, so it holds nothing back.
 
 Nothing here imports pytest or parses a command line (``cli.py`` does).
 """
@@ -38,12 +40,13 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from pytest_simscope.errors import PermanentError, PublishError, TransientError
+from pytest_simscope.identity import safe_slug
 from pytest_simscope.journal import orphaned_messages, recover
 from pytest_simscope.messages import Envelope
 from pytest_simscope.transports.base import Transport
@@ -220,7 +223,10 @@ def read_entry(folder: str | os.PathLike[str], *, settle: float = DEFAULT_SETTLE
     except FileNotFoundError:
         if not os.path.isdir(folder):
             return None
-        return Skipped(name, f"incomplete: no {ENTRY_FILE} yet")
+        if _changed_within(folder, settle, now):
+            return Skipped(name, f"incomplete: no {ENTRY_FILE} yet")
+        # Nothing came into it for a while: a folder left behind, not one being filled.
+        return Skipped(name, f"corrupt: no {ENTRY_FILE}")
     except IsADirectoryError:
         return Skipped(name, f"corrupt: {ENTRY_FILE} is a folder")
     except OSError as exc:
@@ -242,6 +248,18 @@ def read_entry(folder: str | os.PathLike[str], *, settle: float = DEFAULT_SETTLE
         # JSON; only one that stopped changing is really corrupt.
         return Skipped(name, f"incomplete: {problem} (still changing)")
     return Skipped(name, f"corrupt: {problem}")
+
+
+def _changed_within(folder: str, settle: float, now: float | None) -> bool:
+    """Whether *folder* or anything directly in it changed less than *settle* s ago."""
+    limit = (now if now is not None else time.time()) - settle
+    try:
+        if os.stat(folder).st_mtime > limit:
+            return True
+        with os.scandir(folder) as children:
+            return any(child.stat(follow_symlinks=False).st_mtime > limit for child in children)
+    except OSError:
+        return True  # cannot tell: wait
 
 
 def scan(folder: Path, *, settle: float = DEFAULT_SETTLE) -> Scan:
@@ -302,7 +320,7 @@ def plan(
     entries: Sequence[Entry],
     *,
     already_sent: set[tuple[str, int]] | frozenset[tuple[str, int]] = frozenset(),
-    hold_finish: bool = False,
+    hold_finish: bool | Collection[str] = False,
     keep_live: bool = False,
 ) -> Plan:
     """Order the messages of *entries* for sending.
@@ -310,7 +328,8 @@ def plan(
     Per regression: ``regr-start`` messages, then ``regr-update``, then job messages by
     (run start, run id, sequence number), then ``regr-finish``.  Regressions follow each
     other in the order of their first message.  Messages in *already_sent* are marked done.
-    With *hold_finish*, ``regr-finish`` messages are left out.  Unless *keep_live*, a
+    With *hold_finish*, ``regr-finish`` messages are left out (``True``: all of them; a
+    collection: those of the regressions it names).  Unless *keep_live*, a
     ``job-live`` followed by its own ``job-finish`` is left out and done with it.
     """
     per_regression: dict[str, list[Message]] = {}
@@ -334,11 +353,40 @@ def plan(
         for message in messages:
             if message.superseded_by is not None:
                 continue
-            if hold_finish and message.envelope.type == "regr-finish":
+            if (
+                hold_finish
+                and message.envelope.type == "regr-finish"
+                and (hold_finish is True or message.envelope.regression in hold_finish)
+            ):
                 result.held_back.append(message)
                 continue
             result.send.append(message)
     return result
+
+
+def waiting_regressions(
+    entries: Sequence[Entry], incomplete: Sequence[str]
+) -> bool | frozenset[str]:
+    """The regressions whose ``regr-finish`` waits for the *incomplete* entries (named).
+
+    ``True``: every regression (an incomplete entry whose run is not known here may belong
+    to any).  An entry's name carries its run's slug (``OfflineQueue._entry_name``): an
+    incomplete entry of a run with complete entries holds back only that run's.
+    """
+    if not incomplete:
+        return False
+    by_run: dict[str, set[str]] = {}
+    for entry in entries:
+        regressions = by_run.setdefault(f"-{safe_slug(entry.run_id, 8) or 'run'}-", set())
+        regressions.update(message.envelope.regression for message in entry.messages)
+    waiting: set[str] = set()
+    for name in incomplete:
+        found = [regressions for mark, regressions in by_run.items() if mark in name]
+        if not found:
+            return True
+        for regressions in found:
+            waiting |= regressions
+    return frozenset(waiting)
 
 
 def _supersede(messages: list[Message], result: Plan) -> None:
@@ -605,7 +653,9 @@ class Drainer:
         order = plan(
             found.entries,
             already_sent=self._sent,
-            hold_finish=bool(result.incomplete),
+            hold_finish=waiting_regressions(
+                found.entries, [skipped.name for skipped in result.incomplete]
+            ),
             keep_live=options.keep_live,
         )
         result.superseded = len(order.superseded)

@@ -750,7 +750,7 @@ class Publisher:
             self.stats.lost += len(items) - written
             self._acking = False
             detail = str(exc) if isinstance(exc, PublishError) else f"{type(exc).__name__}: {exc}"
-            self._note(f"{detail}; {len(items) - written} messages not queued")
+            self._note(f"{detail}; these messages were not queued")
             return
         self.stats.queued += len(items)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import uuid
@@ -167,7 +168,11 @@ class SimscopePlugin:
         try:
             journal_dir = self.queue_root / JOURNAL
             journal_dir.mkdir(parents=True, exist_ok=True)
-            self.recovered = recover(journal_dir, spool)
+            # A dead run's messages are queued as a run of their own (their own run id
+            # and numbering), never under this run's, which the courier numbers from 1.
+            self.recovered = recover(
+                journal_dir, OfflineQueue(self.queue_root, anchor=self._queue_anchor())
+            )
             journal = Journal(journal_dir, self.run_id)
         except (OSError, PublishError) as exc:
             journal = None
@@ -345,32 +350,37 @@ class SimscopePlugin:
         jobs = f"{total} job" if total == 1 else f"{total} jobs"
         counts = f"{results['pass']} pass, {results['fail']} fail, {results['skip']} skip"
         outbox = self._rel(self.queue_root / "outbox")
-        queue_arg = self._rel(self.queue_root)
+        # The command is printed to be copied: a folder with spaces stays one argument.
+        drain = f"pytest-simscope drain {shlex.quote(self._rel(self.queue_root))}"
+        of = f"simscope: {jobs} ({counts}) of {self.settings.regression}"
         if not self.settings.url:
+            if stats.lost and not stats.queued:
+                line = (
+                    f"{of} NOT queued: {stats.lost} messages could not be written to "
+                    f"the offline queue {self._rel(self.queue_root)}"
+                )
+            else:
+                line = (
+                    f"{of} queued in {outbox} ({stats.queued} messages); deliver with: "
+                    f"{drain} --url URL"
+                )
+        elif stats.queued:
             line = (
-                f"simscope: {jobs} ({counts}) of {self.settings.regression} queued in "
-                f"{outbox} ({stats.queued} messages); deliver with: "
-                f"pytest-simscope drain {queue_arg} --url URL"
-            )
-        elif stats.queued or stats.lost:
-            line = (
-                f"simscope: {jobs} ({counts}) of {self.settings.regression}: "
-                f"{stats.delivered} messages delivered to {self.destination}, {stats.queued} "
-                f"queued in {outbox}; deliver with: pytest-simscope drain {queue_arg} "
+                f"{of}: {stats.delivered} messages delivered to {self.destination}, "
+                f"{stats.queued} queued in {outbox}; deliver with: {drain} "
                 f"--url {mask_url(self.settings.url)}"
             )
+        elif stats.lost:
+            line = f"{of}: {stats.delivered} messages delivered to {self.destination}"
         else:
-            line = (
-                f"simscope: {jobs} ({counts}) of {self.settings.regression} published: "
-                f"{stats.delivered} messages delivered to {self.destination}"
-            )
+            line = f"{of} published: {stats.delivered} messages delivered to {self.destination}"
         lines = [line]
         if self.recovered:
             lines.append(
                 f"simscope: recovered {self.recovered} unsent messages of an earlier run "
                 f"into {outbox}"
             )
-        if stats.lost:
+        if stats.lost and (stats.queued or self.settings.url):  # else the line above says it
             lines.append(f"simscope: warning: {stats.lost} messages could not be queued")
         seen: set[str] = set()
         for warning in stats.warnings:

@@ -7,11 +7,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from brokerlib import BrokerInfo, get_messages
 
+from pytest_simscope import cli
 from pytest_simscope.check import check_records
 from pytest_simscope.cli import main
 from pytest_simscope.transports.queue import read_outbox
@@ -82,6 +84,42 @@ def test_console_script_runs() -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "the following arguments are required: QUEUE" in proc.stderr
+
+
+def test_ctrl_c_before_delivery_starts_is_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(self: object) -> None:
+        raise KeyboardInterrupt  # as if Ctrl-C came while the transport was being made
+
+    monkeypatch.setattr(cli.Destination, "transport", interrupted)
+    (tmp_path / "queue").mkdir()
+    code, _, err = run(capsys, "drain", str(tmp_path / "queue"), "--url", "amqp://h/")
+    assert code == 1
+    assert err.strip() == "pytest-simscope drain: interrupted"
+
+
+def test_entry_names_that_are_not_utf8_are_shown_escaped(tmp_path: Path) -> None:
+    outbox = tmp_path / "queue" / "outbox"
+    outbox.mkdir(parents=True)
+    folder = os.path.join(os.fsencode(outbox), b"job-x\xfe")
+    os.mkdir(folder)
+    with open(os.path.join(folder, b"job.json"), "wb") as handle:
+        handle.write(b"{")
+    old = time.time() - 3600
+    os.utime(os.path.join(folder, b"job.json"), (old, old))
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}  # strict, as in many CI jobs
+    for extra in (["--json"], []):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest_simscope.cli", "drain", str(tmp_path / "queue"),
+             "--dry-run", *extra],
+            capture_output=True, text=True, timeout=60, env=env,
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+        if extra:
+            json.loads(proc.stdout)
+        assert "job-x\\udcfe" in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from pytest_simscope.drain import (
     Drainer,
     DrainOptions,
     Entry,
+    Skipped,
     archive_entry,
     is_temporary,
     plan,
@@ -221,6 +222,12 @@ def test_scan_sorts_entries(tmp_path: Path) -> None:
     (outbox / "job-type" / "job.json").write_text(json.dumps({
         "run_id": "x", "run_started": "y",
         "messages": [{"seq": 1, "type": "job-done", "regression": "r", "body": {}}]}))
+    (outbox / "job-empty").mkdir()
+    os.utime(outbox / "job-empty", (old, old))
+    (outbox / "job-left").mkdir()
+    (outbox / "job-left" / "notes.txt").write_text("no job.json")
+    os.utime(outbox / "job-left" / "notes.txt", (old, old))
+    os.utime(outbox / "job-left", (old, old))
     (outbox / ".syncthing.job-x.tmp").mkdir()
     (outbox / ".stfolder").mkdir()
     (outbox / "README.md").write_text("not an entry")
@@ -238,6 +245,9 @@ def test_scan_sorts_entries(tmp_path: Path) -> None:
                       "(line 1, column 26)",
         "job-fields": "corrupt: job.json has no 'messages' list (or it is empty)",
         "job-type": "corrupt: messages[0]: unknown message type 'job-done'",
+        # Nothing came into them for longer than the settle time: left behind.
+        "job-empty": "corrupt: no job.json",
+        "job-left": "corrupt: no job.json",
     }
 
 
@@ -473,6 +483,38 @@ def test_incomplete_entry_holds_back_regr_finish(tmp_path: Path) -> None:
     result = Drainer(tmp_path, transport, DrainOptions()).run_pass()
     assert result.complete
     assert transport.sent[-1].type == "regr-finish"
+
+
+def test_an_incomplete_entry_holds_back_only_its_own_runs_regr_finish(tmp_path: Path) -> None:
+    first, second = OfflineQueue(tmp_path), OfflineQueue(tmp_path)
+    first.send(run_messages("a", 1, live=False))
+    second.send(run_messages("b", 1, live=False))
+    # An entry of a's run still being synced in (its name carries the run's slug).
+    (tmp_path / "outbox" / f"job-20250101-000000-test_x-{first.run_id[:8]}-000009").mkdir()
+    transport = Recording()
+    result = Drainer(tmp_path, transport, DrainOptions()).run_pass()
+    assert [(e.type, e.regression) for e in transport.sent if e.type == "regr-finish"] == [
+        ("regr-finish", "b")]
+    assert result.held_back == 1
+
+
+def test_a_folder_of_no_known_run_holds_back_every_regr_finish_until_it_settles(
+    tmp_path: Path,
+) -> None:
+    write_queue(tmp_path, [("a", 1), ("b", 1)], live=False)
+    stray = tmp_path / "outbox" / "job-stray"
+    stray.mkdir()
+    transport = Recording()
+    result = Drainer(tmp_path, transport, DrainOptions()).run_pass()
+    assert "regr-finish" not in [e.type for e in transport.sent]
+    assert result.held_back == 2
+    # Still empty after the settle time: reported, and nothing waits for it any more.
+    old = time.time() - 3600
+    os.utime(stray, (old, old))
+    result = Drainer(tmp_path, transport, DrainOptions()).run_pass()
+    assert [e.regression for e in transport.sent if e.type == "regr-finish"] == ["a", "b"]
+    assert result.corrupt == [Skipped("outbox/job-stray", "corrupt: no job.json")]
+    assert stray.is_dir()  # left where it is
 
 
 def test_progress_bar_draws_only_on_a_terminal() -> None:

@@ -47,7 +47,7 @@ from brokerlib import (
 
 from pytest_simscope.courier import COURIER_ARG
 from pytest_simscope.journal import parse_line
-from pytest_simscope.transports.queue import read_outbox
+from pytest_simscope.transports.queue import read_entry, read_outbox
 
 Record = dict[str, Any]
 
@@ -879,6 +879,13 @@ def test_sigkill_in_the_middle_loses_nothing(
         assert bool(recovered) == (unconfirmed > 0), after.simscope_lines()
         if unconfirmed:
             assert f"recovered {unconfirmed} unsent messages" in recovered[0]
+            # Queued as a run of their own: a (run id, number) pair names one message.
+            runs: dict[str, set[str]] = {}
+            for folder in (runner.queue_dir / "outbox").iterdir():
+                manifest = read_entry(folder)
+                runs.setdefault(manifest["project"], set()).add(manifest["run_id"])
+            assert runs[dead] and runs[runner.regression]
+            assert not runs[dead] & runs[runner.regression]
         assert not list(journal.glob("*.jsonl"))
     # drain recovers the journal itself (when the next run did not) and delivers it all.
     deliver_queue(runner.queue_dir, broker_queue, dead)

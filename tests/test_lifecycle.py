@@ -153,6 +153,30 @@ def test_header_and_summary_lines(pytester: pytest.Pytester) -> None:
     assert without_live <= int(match.group(1)) <= len(records)
 
 
+def test_summary_of_a_queue_folder_with_a_space_and_of_one_that_cannot_be_written(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile("def test_ok():\n    pass\n")
+    result, _ = recorded(pytester, "--simscope-queue-dir=my queue")
+    assert result.ret == 0
+    # The printed command can be pasted as it is.
+    assert any(
+        line.endswith("deliver with: pytest-simscope drain 'my queue' --url URL")
+        for line in result.outlines
+    ), result.outlines
+    pytester.makefile(".txt", blocker="a file where the queue's parent folder should be")
+    result, _ = recorded(pytester, "--simscope-queue-dir=blocker.txt/queue")
+    assert result.ret == 0
+    summary = [line for line in result.outlines if line.startswith("simscope: 1 job ")]
+    assert len(summary) == 1
+    assert re.fullmatch(
+        rf"simscope: 1 job \(1 pass, 0 fail, 0 skip\) of {re.escape(REGRESSION)} NOT queued: "
+        r"\d messages could not be written to the offline queue blocker\.txt/queue",
+        summary[0],
+    ), summary
+    assert "deliver with" not in result.stdout.str()
+
+
 @pytest.mark.parametrize(
     "option", ["--collect-only", "--setup-plan", "--fixtures", "--fixtures-per-test"]
 )

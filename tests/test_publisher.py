@@ -853,7 +853,7 @@ def test_a_spool_raising_anything_counts_lost_not_crash() -> None:
     publisher.start()
     stats = publisher.close(5)
     assert (stats.queued, stats.lost) == (0, 1)
-    assert stats.warnings == ["RuntimeError: bug in the queue; 1 messages not queued"]
+    assert stats.warnings == ["RuntimeError: bug in the queue; these messages were not queued"]
 
 
 def test_lost_messages_stay_in_the_journal_for_the_next_run(tmp_path: Path) -> None:
