@@ -474,12 +474,13 @@ class CourierFront:
         else:
             found = [envelope for seq, envelope in journaled if seq > acked]
             stats.jobs = sum(1 for _, e in journaled if e.type == "job-finish")
-            # What it confirmed went to the destination (or, had it given up on it, to
-            # the offline queue): counted as delivered, which the warning says.
-            stats.delivered = len(journaled) - len(found)
+            # What it confirmed went to the destination, to the offline queue, or (a live
+            # job whose test had ended) nowhere: which one is not known here.
+            stats.confirmed = len(journaled) - len(found)
             stats.warnings.append(
-                f"{reason}; queued the rest of this run offline ({stats.delivered} messages "
-                "it had confirmed were delivered or queued by it)"
+                f"{reason}; queued the rest of this run offline (it had taken care of "
+                f"{stats.confirmed} messages: delivered or queued them, or left out the live "
+                "jobs of tests that had ended)"
             )
             done = self._queue(stats, found)
         finally:

@@ -91,6 +91,7 @@ class PublishStats:
 
     FIELDS = (
         "published", "delivered", "queued", "superseded", "lost", "jobs", "fallback_reason",
+        "confirmed",
     )
 
     def __init__(
@@ -103,6 +104,7 @@ class PublishStats:
         jobs: int = 0,
         fallback_reason: str = "",
         warnings: list[str] | None = None,
+        confirmed: int = 0,
     ) -> None:
         self.published = published
         self.delivered = delivered
@@ -111,6 +113,9 @@ class PublishStats:
         self.lost = lost
         self.jobs = jobs
         self.fallback_reason = fallback_reason
+        # Taken care of by a delivery process that then failed: delivered, queued or (a
+        # live job whose test had ended) left out; it cannot tell which any more.
+        self.confirmed = confirmed
         self.warnings: list[str] = list(warnings or [])
 
     def as_dict(self) -> dict[str, object]:

@@ -203,6 +203,8 @@ class SimscopeReporter:
         self._collect_failed: set[str] = set()
         # Jobs a worker_down already failed: xdist's own crash report for them follows.
         self._crashed: set[tuple[str | None, str]] = set()
+        # The node id of each worker's last ended job (a worker may crash after it).
+        self._last_done: dict[str, str] = {}
         self._submitted: int | None = None
         self._omitted = 0
         self._finished = 0
@@ -441,17 +443,23 @@ class SimscopeReporter:
         if not isinstance(data, dict):
             data = {}
         job = self._open.get(key)
-        if when != "call" and when != "setup" and when != "teardown":
-            # A crashed xdist worker: the test it was running ends here, unless
-            # worker_down (which xdist calls first) already ended it.
+        if when == "???":
+            # A crash report: xdist's for the test a crashed worker was running (unless
+            # worker_down, which xdist calls first, already ended it), or pytest-forked's
+            # for a test whose forked process died.  It ends the job.
             if job is None and key in self._crashed:
                 self._crashed.discard(key)
                 return
             if job is None:
+                if worker is not None and self._last_done.get(worker) == report.nodeid:
+                    # It died after the test's teardown report, which ended the job.
+                    self.publisher._note(
+                        f"worker {worker!r} crashed after {report.nodeid!r} had ended; "
+                        "its job keeps the result of its reports"
+                    )
+                    return
                 job = self._open_job(report, key, data)
-            job.outcome = "failed"
-            job.failures.append(("crash", report))
-            job.last_report = report
+            self._crashed_with(job, report, extra)
             self._finish(key, job)
             return
         if job is None:
@@ -539,6 +547,20 @@ class SimscopeReporter:
                 job.outcome = "skipped" if job.outcome != "failed" else "failed"
                 job.skip_reason = _crash_summary(report.longrepr)
 
+    def _crashed_with(self, job: _Open, report: Any, extra: dict[str, Any]) -> None:
+        """A crash report ends *job*: its outcome (pytest-forked's may be an xfail)."""
+        job.last_report = report
+        outcome = str(report.outcome)
+        wasxfail = extra.get("wasxfail")
+        if outcome == "skipped" and wasxfail is not None:
+            job.xfail = "xfailed"
+        elif outcome == "skipped":
+            job.outcome = "skipped"
+            job.skip_reason = _crash_summary(report.longrepr)
+        elif outcome != "passed":
+            job.outcome = "failed"
+            job.failures.append(("crash", report))
+
     def _took(self, job: _Open, report: Any, extra: dict[str, Any]) -> None:
         """A phase of *job* ended with *report*: its time, and the output captured."""
         job.last_report = report
@@ -558,6 +580,8 @@ class SimscopeReporter:
 
     def _finish(self, key: tuple[str | None, str], job: _Open, *, why: str = "") -> None:
         self._open.pop(key, None)
+        if key[0] is not None:
+            self._last_done[key[0]] = key[1]
         if why:
             job.outcome = "failed"
         if job.outcome == "failed":

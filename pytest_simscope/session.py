@@ -360,14 +360,23 @@ class SimscopePlugin:
                     f"the offline queue {self._rel(self.queue_root)}"
                 )
             else:
+                besides = (
+                    f", besides the {stats.confirmed} the delivery process took care of"
+                    if stats.confirmed
+                    else ""
+                )
                 line = (
-                    f"{of} queued in {outbox} ({stats.queued} messages); deliver with: "
-                    f"{drain} --url URL"
+                    f"{of} queued in {outbox} ({stats.queued} messages{besides}); deliver "
+                    f"with: {drain} --url URL"
                 )
         elif stats.queued:
+            done = (
+                f"{stats.confirmed} messages taken care of by the delivery process"
+                if stats.confirmed
+                else f"{stats.delivered} messages delivered to {self.destination}"
+            )
             line = (
-                f"{of}: {stats.delivered} messages delivered to {self.destination}, "
-                f"{stats.queued} queued in {outbox}; deliver with: {drain} "
+                f"{of}: {done}, {stats.queued} queued in {outbox}; deliver with: {drain} "
                 f"--url {mask_url(self.settings.url)}"
             )
         elif stats.lost:

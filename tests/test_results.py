@@ -682,3 +682,50 @@ def test_a_test_run_twice_in_one_session_is_two_jobs(pytester: pytest.Pytester) 
         ("test_twice.py::test_a#2", "pass"),
         ("test_twice.py::test_b#2", "fail"),
     ]
+
+
+# What pytest-forked does when a test's forked process died: one report, its phase "???".
+FORKED_CRASH = """
+import pytest
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    ihook = item.ihook
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    xfail = item.get_closest_marker("xfail") is not None
+    report = pytest.TestReport(
+        item.nodeid, item.location, {}, "skipped" if xfail else "failed",
+        (str(item.path), 1, "crashed: EXITED with status 3") if xfail else "EXITED 3", "???",
+    )
+    if xfail:
+        report.wasxfail = "crash expected"
+    ihook.pytest_runtest_logreport(report=report)
+    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+"""
+
+
+def test_a_crash_report_ends_the_job_with_its_own_outcome(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(FORKED_CRASH)
+    pytester.makepyfile(
+        test_forked="""
+        import pytest
+
+        def test_crashes():
+            pass
+
+        @pytest.mark.xfail(reason="crash expected")
+        def test_expected_crash():
+            pass
+        """
+    )
+    result, records = recorded(pytester)
+
+    result.assert_outcomes(failed=1, xfailed=1)
+    assert_clean(records)
+    jobs = finished(records)
+    assert jobs["test_forked.py::test_crashes"]["result"] == "fail"
+    assert jobs["test_forked.py::test_crashes"]["fail_message"].startswith("EXITED 3")
+    xfailed = jobs["test_forked.py::test_expected_crash"]
+    assert xfailed["result"] == "pass"
+    assert ["pytest_outcome", "xfailed"] in xfailed["metadata"]

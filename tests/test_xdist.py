@@ -211,3 +211,71 @@ def test_dist_each_counts_a_crashed_workers_replacement_once(pytester: pytest.Py
     assert bodies(records, "regr-finish") == [
         {"name": REGRESSION, "pending": False, "submitted": len(finished(records))}
     ]
+
+
+DIES_AFTER_ITS_TEARDOWN = """
+import os
+
+WORKER = []
+
+def pytest_configure(config):
+    WORKER.append(hasattr(config, "workerinput"))
+
+def pytest_runtest_logfinish(nodeid, location):
+    # The worker dies after the test's teardown report went to the controller.
+    if nodeid.endswith("test_dies_after") and WORKER[0]:
+        os._exit(1)
+"""
+
+
+def test_a_worker_that_dies_after_a_tests_teardown_leaves_its_job_as_it_was(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(DIES_AFTER_ITS_TEARDOWN)
+    pytester.makepyfile(
+        test_late="def test_dies_after():\n    pass\n\ndef test_other():\n    pass\n"
+    )
+    result, records = recorded(pytester, "-n", "2")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # xdist counts the crash
+    assert_clean(records)
+    # One job per test, no second one for xdist's crash report after the first had ended.
+    assert {uid: b["result"] for uid, b in finished(records).items()} == {
+        "test_late.py::test_dies_after": "pass",
+        "test_late.py::test_other": "pass",
+    }
+    assert bodies(records, "regr-finish") == [
+        {"name": REGRESSION, "pending": False, "submitted": 2}
+    ]
+    result.stdout.fnmatch_lines(
+        ["simscope: warning: worker 'gw*' crashed after 'test_late.py::test_dies_after' had ended*"]
+    )
+
+
+RENAMES_THE_CALL_PHASE = """
+import pytest
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        report.when = "verify"  # a plugin's own phase name
+    return report
+"""
+
+
+@pytest.mark.parametrize("workers", [pytest.param([], id="no-xdist"), ["-n", "2"]])
+def test_a_report_of_a_phase_pytest_does_not_know_is_part_of_its_test(
+    pytester: pytest.Pytester, workers: list[str]
+) -> None:
+    pytester.makeconftest(RENAMES_THE_CALL_PHASE)
+    pytester.makepyfile(test_phase="def test_ok():\n    pass\n\ndef test_bad():\n    assert 0\n")
+    result, records = recorded(pytester, *workers)
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert_clean(records)
+    results = {uid: b["result"] for uid, b in finished(records).items()}
+    assert results == {"test_phase.py::test_ok": "pass", "test_phase.py::test_bad": "fail"}
+    assert bodies(records, "regr-finish") == [
+        {"name": REGRESSION, "pending": False, "submitted": 2}
+    ]
