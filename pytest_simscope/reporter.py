@@ -438,7 +438,7 @@ class SimscopeReporter:
                 return
         worker = _worker_of(extra) if "node" in extra or "worker_id" in extra else None
         key = (worker, report.nodeid)
-        when: str = report.when  # not only pytest's three: "???" (a crash), a plugin's own
+        when = str(report.when)  # not only pytest's three: "???" (a crash), a plugin's own
         data = local if local is not None else extra.get(DATA_ATTR) or {}
         if not isinstance(data, dict):
             data = {}
