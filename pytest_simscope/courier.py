@@ -41,10 +41,11 @@ import threading
 import time
 import types
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_simscope.journal import Journal, JournalTail, _read_acked
+from pytest_simscope.journal import Journal, JournalTail, Unfinished, _read_acked
 from pytest_simscope.messages import Envelope, MessageType, record_bytes
 from pytest_simscope.publisher import JournalLike, Publisher, PublishStats
 from pytest_simscope.transports.base import Transport
@@ -94,6 +95,7 @@ class Relay:
         # The number of the last message handed on: a heartbeat's re-send is numbered so
         # (acking it must not vouch for messages still held).
         self._released_seq = 0
+        self.last_seq = 0  # of the last message taken
         self._next_beat: float | None = None
         # At most this many held: beyond, the oldest go on before their time (a flood of
         # messages must not grow memory; some live jobs then go out that were not needed).
@@ -105,6 +107,7 @@ class Relay:
 
     def push(self, seq: int, envelope: Envelope, now: float) -> None:
         """Take the message numbered *seq*, read at *now* (``time.monotonic()``)."""
+        self.last_seq = seq
         kind = envelope.type
         if kind == "job-finish" and self._held_lives:
             uid = envelope.uniqueid
@@ -174,6 +177,25 @@ class Relay:
         if due and not self.shard:
             body = {"name": regression, "running": len(self._live)}
             self.publisher.publish(Envelope("regr-update", regression, body), self._released_seq)
+
+
+# Bound once: a test may replace them for the rest of the run (see CourierFront._exchange).
+_write, _read, _select = os.write, os.read, select.select
+
+
+@contextlib.contextmanager
+def _sigpipe_ignored() -> Iterator[None]:
+    """SIGPIPE ignored meanwhile (in the main thread; elsewhere it cannot be changed)."""
+    previous: Any = None
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        if signal.getsignal(signal.SIGPIPE) != signal.SIG_IGN:
+            previous = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(signal.SIGPIPE, previous)
 
 
 class LocalFront:
@@ -385,7 +407,7 @@ class CourierFront:
         result: dict[str, Any] = {}
         problem = ""
         try:
-            out, _ = self._proc.communicate(b"close\n", timeout=max(0.0, timeout) + CLOSE_GRACE)
+            out = self._exchange(max(0.0, timeout) + CLOSE_GRACE)
             lines = out.decode("utf-8", "replace").strip().splitlines()
             if lines:
                 result = json.loads(lines[-1])
@@ -397,7 +419,7 @@ class CourierFront:
                     result.get("error")
                     or (f"it exited with {code}" if code else "it ended without a result")
                 )
-        except self._subprocess.TimeoutExpired:
+        except TimeoutError:
             problem = "it did not finish in time"
             self._kill()
         except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) while waiting: stop waiting
@@ -428,6 +450,38 @@ class CourierFront:
             self.spool.close()
         self.stats = stats
         return stats
+
+    def _exchange(self, timeout: float) -> bytes:
+        """Send ``close``, then read what the courier answers until it ends its output.
+
+        Through functions bound at import (a test may have replaced os.write) and with
+        SIGPIPE ignored (a test may have restored its default action, which would end
+        pytest here were the courier gone).  ``TimeoutError`` after *timeout* seconds.
+        """
+        stdin, stdout = self._proc.stdin, self._proc.stdout
+        assert stdin is not None and stdout is not None
+        with _sigpipe_ignored():
+            try:
+                _write(stdin.fileno(), b"close\n")
+            finally:
+                with contextlib.suppress(OSError):
+                    stdin.close()
+        deadline = time.monotonic() + timeout
+        chunks: list[bytes] = []
+        fd = stdout.fileno()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            ready, _, _ = _select([fd], [], [], left)
+            if ready:
+                chunk = _read(fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        with contextlib.suppress(OSError):
+            stdout.close()
+        return b"".join(chunks)
 
     def _kill(self) -> None:
         """Stop the courier (its whole process group) and wait until it is gone."""
@@ -597,7 +651,8 @@ def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
     publisher, relay = delivery(config, spool, tail)
     publisher.start()
     parent = int(config.get("parent") or 0)
-    closing = False
+    unfinished = Unfinished()
+    closing = told = False
     wait = POLL
     while not closing:
         ready, _, _ = select.select([control] if control >= 0 else [], [], [], wait)
@@ -607,7 +662,7 @@ def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
             except OSError:
                 chunk = b""
             if b"close" in chunk:
-                closing = True
+                closing = told = True
             elif not chunk:
                 # The pipe's end: the pytest process is gone, or it lives on without its
                 # end (a test closed its descriptors).  The check below tells which, and
@@ -624,6 +679,7 @@ def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
         if closing or publisher.overflowing or publisher.backlog < ahead:
             found = tail.read(READ_BYTES, everything=closing)
             for seq, envelope in found:
+                unfinished.see(envelope)
                 relay.push(seq, envelope, now)
             if found:
                 wait = 0.0  # there may be more: read on at once
@@ -633,6 +689,12 @@ def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
             wait = POLL / 4  # the sender is busy: look again soon
         relay.pump(now, everything=closing)
         relay.beat(now)
+    if not told:
+        # pytest died without closing its run (killed, or a test called os._exit): close
+        # what it left open, after everything it journaled.
+        for envelope in unfinished.closing():
+            relay.push(relay.last_seq, envelope, now)
+        relay.pump(now, everything=True)
     if tail.bad_lines:
         publisher._note(f"{tail.bad_lines} unreadable journal lines skipped")
     return publisher.close(float(config.get("flush_timeout", 5.0)))

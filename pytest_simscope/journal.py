@@ -16,6 +16,7 @@ import json
 import mmap
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -280,6 +281,86 @@ class JournalTail(_Acks):
 
 
 
+# The fail_message of a test that was running when its pytest process died.
+DIED_WHILE_RUNNING = (
+    "the pytest process ended while this test ran (killed, or ended by a test or a plugin: "
+    "os._exit, pytest-timeout's thread method)"
+)
+
+
+class Unfinished:
+    """What a run left open: running jobs, and regressions it started and did not finish.
+
+    Fed every message of a run in order; :meth:`closing` gives the messages a run that died
+    (pytest killed, or ended by ``os._exit`` in a test) never sent: a ``fail`` for each job
+    still live, then ``regr-finish`` for each regression this run started (a shard starts
+    none, so a shard's is left to whoever starts and finishes the regression).
+    """
+
+    def __init__(self) -> None:
+        self.lives: dict[str, Envelope] = {}
+        # Regressions this run started, with the number of jobs it finished in each.
+        self.finished: dict[str, int] = {}
+        self.closed: set[str] = set()
+
+    def see(self, envelope: Envelope) -> None:
+        kind = envelope.type
+        if kind == "job-live":
+            uid = envelope.uniqueid
+            if uid:
+                self.lives[uid] = envelope
+        elif kind == "job-finish":
+            uid = envelope.uniqueid
+            if uid:
+                self.lives.pop(uid, None)
+            self._count(envelope.regression, 1)
+        elif kind == "batch-job-finish":
+            bodies = envelope.body if isinstance(envelope.body, list) else []
+            for body in bodies:
+                uid = body.get("uniqueid") if isinstance(body, dict) else None
+                if isinstance(uid, str):
+                    self.lives.pop(uid, None)
+            self._count(envelope.regression, len(bodies))
+        elif kind == "regr-start":
+            self.finished.setdefault(envelope.regression, 0)
+        elif kind == "regr-finish":
+            self.closed.add(envelope.regression)
+
+    def _count(self, regression: str, jobs: int) -> None:
+        if regression in self.finished:
+            self.finished[regression] += jobs
+
+    def closing(self) -> list[Envelope]:
+        """The messages that close what is open (none when nothing is)."""
+        from pytest_simscope.messages import MAX_JOB_MS, epoch_micros, stamp
+        from pytest_simscope.timestamps import parse_rfc3339
+
+        closing: list[Envelope] = []
+        now = epoch_micros(time.time())
+        for uid, live in self.lives.items():
+            body: dict[str, Any] = dict(live.body) if isinstance(live.body, dict) else {}
+            body["uniqueid"] = uid
+            body["result"] = "fail"
+            started = parse_rfc3339(str(body.get("start_time") or ""))
+            start = end = now
+            if started is not None:
+                start = epoch_micros(started.timestamp())
+                end = max(now, start)
+            # How long it ran until then (its own phases' time is not known).
+            body["compute_ms"] = body["runtime_ms"] = min(MAX_JOB_MS, (end - start) // 1000)
+            body["finish_time"] = stamp(end)
+            body["fail_message"] = DIED_WHILE_RUNNING
+            closing.append(Envelope("job-finish", live.regression, body))
+            self._count(live.regression, 1)
+        self.lives.clear()
+        for regression, jobs in self.finished.items():
+            if regression not in self.closed:
+                self.closed.add(regression)
+                body = {"name": regression, "pending": False, "submitted": jobs}
+                closing.append(Envelope("regr-finish", regression, body))
+        return closing
+
+
 def _read_acked(path: Path) -> int:
     acked = 0
     with contextlib.suppress(OSError):
@@ -290,20 +371,27 @@ def _read_acked(path: Path) -> int:
 
 
 def _read_orphan(handle: IO[str], path: Path) -> list[tuple[int, Envelope]]:
+    """The unconfirmed messages of a dead run's journal, then those that close what the
+    run left open (numbered after the last; see :class:`Unfinished`)."""
     acked = _read_acked(path.with_suffix(".acks"))
     found: list[tuple[int, Envelope]] = []
+    unfinished = Unfinished()
+    last = 0
     for line in handle:
         if not line.endswith("\n"):
             continue  # the last line, cut short by the kill: never handed on
         try:
             data = json.loads(line)
             seq = int(data["seq"])
-            if seq > acked:
-                found.append((seq, Envelope.from_record(
-                    {k: v for k, v in data.items() if k != "seq"})))
+            envelope = Envelope.from_record({k: v for k, v in data.items() if k != "seq"})
         except (ValueError, KeyError, TypeError):
             continue  # not a message line: nothing that can be delivered
+        unfinished.see(envelope)
+        last = max(last, seq)
+        if seq > acked:
+            found.append((seq, envelope))
     found.sort(key=lambda item: item[0])
+    found.extend((last + n, envelope) for n, envelope in enumerate(unfinished.closing(), 1))
     return found
 
 

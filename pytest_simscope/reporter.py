@@ -83,6 +83,7 @@ class _Open:
         "sections",
         "skip_reason",
         "start_epoch",
+        "start_micros",
         "start_time",
         "stop_epoch",
         "subtests",
@@ -98,7 +99,7 @@ class _Open:
         worker: str | None,
         uniqueid: str,
         start_epoch: float,
-        start_time: str,
+        start_micros: int,
         category: str,
         testgroup: str | None,
     ) -> None:
@@ -106,7 +107,10 @@ class _Open:
         self.worker = worker
         self.uniqueid = uniqueid
         self.start_epoch = start_epoch
-        self.start_time = start_time
+        # Its start_time, unique in the run (see StartClock): may be a little after
+        # start_epoch, and the finish_time is never before it.
+        self.start_micros = start_micros
+        self.start_time = stamp(start_micros)
         self.category = category
         self.testgroup = testgroup
         # Its live job was published (its setup did not skip).
@@ -352,7 +356,7 @@ class SimscopeReporter:
             key[0],
             uniqueid,
             start,
-            stamp(self._clock.claim_micros(start)),
+            self._clock.claim_micros(start),
             self._category_of(data),
             self._testgroup(nodeid, data),
         )
@@ -603,7 +607,7 @@ class SimscopeReporter:
         if result != "skip":
             compute = min(MAX_JOB_MS, max(0, round(job.duration * 1000)))
             runtime = min(MAX_JOB_MS, max(compute, round((stop - start) * 1000)))
-        finish_time = stamp(epoch_micros(stop if stop > start else start))
+        finish_time = stamp(max(epoch_micros(stop), job.start_micros))
         message = self._failure_text(job, why) if result == "fail" else ""
         metadata = self._job_metadata(job, result)
         jobdir = self._write_log(job, message) if self.jobdir_root is not None else None

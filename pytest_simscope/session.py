@@ -30,7 +30,14 @@ from pytest_simscope.reporter import SimscopeReporter
 from pytest_simscope.settings import SPECS, Resolved, Settings, shown_value
 from pytest_simscope.transports.queue import GITIGNORE_TEXT, JOURNAL, OfflineQueue, write_atomic
 
+# Bound once: a test may replace them for the rest of the run (see reraise_sigterm).
+_raise_signal = signal.raise_signal
+_exit = os._exit
+
 Front = courier.CourierFront | courier.LocalFront
+
+# Set while a run publishes, to its regression: pytest runs started inside it see it.
+NESTED_ENV = "PYTEST_SIMSCOPE_PUBLISHING"
 
 # The publishing plugins of this process.  A process forked from it (a test that forks,
 # multiprocessing's "fork" start method) must not publish with their state: a child that
@@ -97,13 +104,28 @@ class SimscopePlugin:
         self.queue_root = self._queue_root()
         self.destination = self._destination()
         self.run_id = uuid.uuid4().hex[:12]
-        # Runs that run no test publish nothing (--collect-only, --setup-plan, --fixtures,
-        # --fixtures-per-test).
+        # Runs that run no test publish nothing (--collect-only, --setup-plan, --setup-only,
+        # --fixtures, --fixtures-per-test).
         option = config.option
         self.active = not any(
             getattr(option, name, False)
-            for name in ("collectonly", "setupplan", "showfixtures", "show_fixtures_per_test")
+            for name in (
+                "collectonly", "setupplan", "setuponly", "showfixtures", "show_fixtures_per_test"
+            )
         )
+        self.inactive_because = "no test runs"
+        # A pytest run inside a test of a run that publishes this regression (pytester,
+        # pytest.main, a subprocess) got the name from the environment or an ini file, not
+        # from its own command line: its tests are not the regression's.
+        regression = self.settings.regression or ""
+        self._outer = os.environ.get(NESTED_ENV)
+        source = resolved.sources.get("regression", "")
+        if self._outer == regression and not source.startswith("command line"):
+            self.active = False
+            self.inactive_because = "the pytest run this one runs in publishes it"
+        self._set_env = self.active
+        if self._set_env:
+            os.environ[NESTED_ENV] = regression
         self._prev_sigterm: Any = None
         self._sigterm_installed = False
         self._got_sigterm = False
@@ -326,7 +348,7 @@ class SimscopePlugin:
             where += f", shard {self.settings.shard}"
         lines = [f"simscope: regression {self.settings.regression} -> {where}"]
         if not self.active:
-            lines[0] += " (not publishing: no test runs)"
+            lines[0] += f" (not publishing: {self.inactive_because})"
         if config.option.verbose > 0:
             for spec in SPECS:
                 value = getattr(self.settings, spec.name)
@@ -432,7 +454,10 @@ class SimscopePlugin:
             with contextlib.suppress(Exception):
                 sys.stdout.flush()
                 sys.stderr.flush()
-            os.kill(os.getpid(), signal.SIGTERM)
+            try:
+                _raise_signal(signal.SIGTERM)  # bound at import: a test may patch os.kill
+            except Exception:
+                _exit(128 + signal.SIGTERM)  # the shell's status for a SIGTERM death
 
     def forked(self) -> None:
         """In a forked child: publish nothing, touch nothing of the parent's run, and give
@@ -450,6 +475,12 @@ class SimscopePlugin:
     def shutdown(self) -> None:
         """Last resort at unconfigure: close whatever sessionfinish did not."""
         self._restore_sigterm()
+        if self._set_env:
+            self._set_env = False
+            if self._outer is None:
+                os.environ.pop(NESTED_ENV, None)
+            else:
+                os.environ[NESTED_ENV] = self._outer
         if self.publisher is not None and self.stats is None:
             with contextlib.suppress(Exception):
                 if self.reporter is not None:

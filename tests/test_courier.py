@@ -22,6 +22,7 @@ from typing import Any, cast
 import pytest
 from brokerlib import BrokerInfo
 from published import (
+    REGRESSION,
     assert_clean,
     bare,
     finished,
@@ -35,6 +36,7 @@ from test_faults import (
     Runner,
     amqp_url,
     broker_records,
+    closed_for_the_dead,
     courier_pid,
     deliver_queue,
     finished_jobs,
@@ -46,6 +48,7 @@ from test_faults import (
 )
 
 from pytest_simscope.courier import INPROCESS_ENV, Relay
+from pytest_simscope.journal import DIED_WHILE_RUNNING
 from pytest_simscope.messages import Envelope
 from pytest_simscope.publisher import Publisher, PublishStats
 from pytest_simscope.transports.queue import read_outbox
@@ -380,6 +383,93 @@ def test_the_summary_after_the_courier_died_counts_what_it_had_queued(
     assert len({r["body"]["uniqueid"] for r in records if r["type"] == "job-finish"}) == 21
 
 
+ENDS_THE_PROCESS = """
+import os
+
+def test_before():
+    pass
+
+def test_ends_pytest():
+    os._exit(0)
+
+def test_never_runs():
+    pass
+"""
+
+
+def test_a_test_that_ends_pytest_gets_a_fail_job_and_the_regression_is_finished(
+    pytester: pytest.Pytester,
+) -> None:
+    """pytest-timeout's thread method, or a test's os._exit: the courier closes the run."""
+    pytester.makepyfile(test_ends=ENDS_THE_PROCESS)
+    result, _ = recorded(pytester, subprocess=True)
+    assert result.ret == 0  # os._exit(0): pytest's own status, plugin or not
+    deadline = time.monotonic() + 30
+    while list((queue_root(pytester) / "journal").glob("*.jsonl")):
+        assert time.monotonic() < deadline, "the courier did not finish"
+        time.sleep(0.05)
+    records = queued(pytester)
+    assert_clean(records)
+    jobs = {r["body"]["uniqueid"]: r["body"] for r in records if r["type"] == "job-finish"}
+    assert {uid: body["result"] for uid, body in jobs.items()} == {
+        "test_ends.py::test_before": "pass",
+        "test_ends.py::test_ends_pytest": "fail",
+    }
+    assert jobs["test_ends.py::test_ends_pytest"]["fail_message"] == DIED_WHILE_RUNNING
+    assert records[-1]["type"] == "regr-finish"
+    assert records[-1]["body"] == {"name": REGRESSION, "pending": False, "submitted": 2}
+
+
+BREAKS_OS_WRITE = """
+import os
+
+def test_before():
+    pass
+
+def test_breaks_os_write():
+    def broken(*args):
+        raise OSError("broken by a test")
+    os.write = broken  # left so for the rest of the run
+
+def test_after():
+    pass
+"""
+
+
+def test_a_test_that_breaks_os_write_leaves_the_run_to_its_courier(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_breaks=BREAKS_OS_WRITE)
+    result, _ = recorded(pytester, subprocess=True)
+    assert result.ret == 0
+    assert "delivery process failed" not in result.stdout.str()
+    records = queued(pytester)
+    assert_clean(records)
+    assert sorted(r["body"]["uniqueid"] for r in records if r["type"] == "job-finish") == [
+        "test_breaks.py::test_after", "test_breaks.py::test_before",
+        "test_breaks.py::test_breaks_os_write",
+    ]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the courier in /proc")
+def test_a_dead_courier_and_sigpipe_at_its_default_do_not_end_pytest(
+    pytester: pytest.Pytester,
+) -> None:
+    """Writing "close" to a courier that is gone raises SIGPIPE: ignored meanwhile."""
+    pytester.makepyfile(
+        test_kills=KILLS_ITS_COURIER.replace(
+            "def test_kill_the_courier():",
+            "def test_kill_the_courier():\n    signal.signal(signal.SIGPIPE, signal.SIG_DFL)",
+        )
+    )
+    result, _ = recorded(pytester, subprocess=True)
+    assert result.ret == 0, result.stdout.str()
+    assert any(line.startswith("simscope: 21 jobs") for line in result.outlines)
+    records = queued(pytester)
+    assert len({r["body"]["uniqueid"] for r in records if r["type"] == "job-finish"}) == 21
+    assert types(records)[-1] == "regr-finish"
+
+
 # -- processes killed (the real broker) --------------------------------------------------------
 
 # Copies the journal when the session closes its courier: the whole run as pytest produced
@@ -517,9 +607,11 @@ def test_pytest_killed_leaves_its_courier_to_deliver_everything(
     record = load_record(runner.record)
     got = broker_records(broker_queue)
     assert runner.queued() == []
-    # Everything journaled is at the broker, once, in order, and in the record.
-    assert match_stream(whole, got).duplicates == 0
-    assert match_stream(whole, record).duplicates == 0
+    # Everything journaled is at the broker, once, in order, and in the record; then what
+    # the courier sent to close the run pytest left open.
+    expected = closed_for_the_dead(whole, got)
+    assert match_stream(expected, got).duplicates == 0
+    assert match_stream(expected, record).duplicates == 0
     assert match_stream(record, got).duplicates == 0
 
 

@@ -46,7 +46,7 @@ from brokerlib import (
 )
 
 from pytest_simscope.courier import COURIER_ARG
-from pytest_simscope.journal import parse_line
+from pytest_simscope.journal import DIED_WHILE_RUNNING, parse_line
 from pytest_simscope.transports.queue import read_entry, read_outbox
 
 Record = dict[str, Any]
@@ -208,6 +208,33 @@ def match_stream(recorded: Sequence[Record], got: Sequence[Record]) -> Match:
     ]
     assert not missing, f"{len(missing)} messages never arrived, first: {missing[0]}"
     return Match(duplicates=duplicates, superseded=superseded)
+
+
+def open_lives(recorded: Sequence[Record]) -> list[str]:
+    """The uniqueids of the jobs *recorded* left running (in the order they started)."""
+    finished = {r["body"]["uniqueid"] for r in recorded if r["type"] == "job-finish"}
+    lives = [r["body"]["uniqueid"] for r in recorded if r["type"] == "job-live"]
+    return [uid for uid in dict.fromkeys(lives) if uid not in finished]
+
+
+def closed_for_the_dead(recorded: Sequence[Record], got: Sequence[Record]) -> list[Record]:
+    """*recorded*, the stream of a pytest that died, then what its courier or a recovery
+    sent to close the run (found in *got*, and checked): a fail for each job left running,
+    saying why, and the regression's regr-finish."""
+    closing: list[Record] = []
+    for message in got:
+        body = message["body"] if isinstance(message["body"], dict) else {}
+        died = message["type"] == "job-finish" and body.get("fail_message") == DIED_WHILE_RUNNING
+        if (died or message["type"] == "regr-finish") and message not in closing:
+            closing.append(message)
+    failed = [m["body"]["uniqueid"] for m in closing if m["type"] == "job-finish"]
+    assert failed == open_lives(recorded)
+    finished = {r["body"]["uniqueid"] for r in recorded if r["type"] == "job-finish"}
+    assert [m["body"] for m in closing if m["type"] == "regr-finish"] == [
+        {"name": recorded[0]["regression"], "pending": False,
+         "submitted": len(finished) + len(failed)}
+    ]
+    return [*recorded, *closing]
 
 
 def _finish_follows(records: Sequence[Record], index: int) -> bool:
@@ -876,22 +903,23 @@ def test_sigkill_in_the_middle_loses_nothing(
         after = runner.run()
         assert after.ret == pytest.ExitCode.OK
         recovered = [line for line in after.simscope_lines() if "recovered" in line]
-        assert bool(recovered) == (unconfirmed > 0), after.simscope_lines()
-        if unconfirmed:
-            assert f"recovered {unconfirmed} unsent messages" in recovered[0]
-            # Queued as a run of their own: a (run id, number) pair names one message.
-            runs: dict[str, set[str]] = {}
-            for folder in (runner.queue_dir / "outbox").iterdir():
-                manifest = read_entry(folder)
-                runs.setdefault(manifest["project"], set()).add(manifest["run_id"])
-            assert runs[dead] and runs[runner.regression]
-            assert not runs[dead] & runs[runner.regression]
+        # What was not confirmed, then what closes the run (a fail for each test left
+        # running, the regr-finish).
+        closing = len(open_lives(recorded)) + 1
+        assert f"recovered {unconfirmed + closing} unsent messages" in recovered[0]
+        # Queued as a run of their own: a (run id, number) pair names one message.
+        runs: dict[str, set[str]] = {}
+        for folder in (runner.queue_dir / "outbox").iterdir():
+            manifest = read_entry(folder)
+            runs.setdefault(manifest["project"], set()).add(manifest["run_id"])
+        assert runs[dead] and runs[runner.regression]
+        assert not runs[dead] & runs[runner.regression]
         assert not list(journal.glob("*.jsonl"))
     # drain recovers the journal itself (when the next run did not) and delivers it all.
     deliver_queue(runner.queue_dir, broker_queue, dead)
     assert not list(journal.glob("*.jsonl"))
     final = during + [r for r in broker_records(broker_queue) if r["regression"] == dead]
-    # Everything the dead run produced is at the broker, in order, once: the run never
-    # finished, so its stream ends where it was killed.
-    match = match_stream(recorded, final)
+    # Everything the dead run produced is at the broker, in order, once, then what
+    # closes the run it left open.
+    match = match_stream(closed_for_the_dead(recorded, final), final)
     assert match.duplicates <= 512

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_simscope.journal import Journal, orphaned_messages, recover
+from pytest_simscope.journal import DIED_WHILE_RUNNING, Journal, orphaned_messages, recover
 from pytest_simscope.models import Envelope
 from pytest_simscope.transports.base import Transport
 from pytest_simscope.transports.queue import OfflineQueue, read_outbox
@@ -22,8 +22,9 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="journal locks a
 
 
 def message(index: int) -> Envelope:
-    body = {"category": "pytest", "uniqueid": f"t::{index}", "result": "live"}
-    return Envelope(type="job-live", regression="r/1", body=body)
+    # A finished job: recovery adds nothing for it (see test_recovery_closes_...).
+    body = {"category": "pytest", "uniqueid": f"t::{index}", "result": "pass"}
+    return Envelope(type="job-finish", regression="r/1", body=body)
 
 
 class Sink(Transport):
@@ -137,14 +138,59 @@ def test_a_cut_line_that_happens_to_parse_is_still_skipped(tmp_path: Path) -> No
 
 
 def test_odd_text_survives_the_journal(tmp_path: Path) -> None:
-    body = {"category": "pytest", "uniqueid": "t\udcff::日本\n\u2028", "result": "live"}
-    envelope = Envelope(type="job-live", regression="r/1", body=body)
+    body = {"category": "pytest", "uniqueid": "t\udcff::日本\n\u2028", "result": "pass"}
+    envelope = Envelope(type="job-finish", regression="r/1", body=body)
     journal = Journal(tmp_path, "odd")
     journal.append(1, envelope)
     journal.close(remove=False)
     sink = Sink()
     assert recover(tmp_path, sink) == 1
     assert sink.sent == [envelope]
+
+
+def test_recovery_closes_what_a_dead_run_left_open(tmp_path: Path) -> None:
+    """Its running jobs fail, saying why, and the regression it started is finished."""
+    start = "2025-01-01T00:00:00.000000+00:00"
+    live = {"category": "pytest", "result": "live", "start_time": start, "host": "h"}
+    stream = [
+        Envelope("regr-start", "r/1", {"name": "r/1", "pending": True}),
+        Envelope("job-live", "r/1", {**live, "uniqueid": "a"}),
+        Envelope("job-finish", "r/1", {"category": "pytest", "uniqueid": "b", "result": "pass"}),
+        Envelope("job-live", "r/1", {**live, "uniqueid": "c"}),
+        Envelope("job-finish", "r/1", {"category": "pytest", "uniqueid": "c", "result": "pass"}),
+    ]
+    journal = Journal(tmp_path, "dead")
+    for seq, envelope in enumerate(stream, 1):
+        journal.append(seq, envelope)
+    journal.ack(4)
+    journal.close(remove=False)
+    sink = Sink()
+    assert recover(tmp_path, sink) == 3
+    unsent, failed, finished = sink.sent
+    assert unsent == stream[-1]
+    assert failed.type == "job-finish" and isinstance(failed.body, dict)
+    assert {k: failed.body[k] for k in ("uniqueid", "result", "start_time", "host")} == {
+        "uniqueid": "a", "result": "fail", "start_time": start, "host": "h"}
+    assert failed.body["fail_message"] == DIED_WHILE_RUNNING
+    assert failed.body["finish_time"] > start
+    assert finished == Envelope("regr-finish", "r/1", {"name": "r/1", "pending": False,
+                                                        "submitted": 3})
+
+
+def test_recovery_of_a_closed_run_or_a_shard_adds_nothing(tmp_path: Path) -> None:
+    closed = [
+        Envelope("regr-start", "r/1", {"name": "r/1", "pending": True}),
+        Envelope("regr-finish", "r/1", {"name": "r/1", "pending": False, "submitted": 0}),
+    ]
+    shard = [Envelope("job-finish", "r/2", {"category": "p", "uniqueid": "x", "result": "pass"})]
+    for name, stream in (("closed", closed), ("shard", shard)):
+        journal = Journal(tmp_path, name)
+        for seq, envelope in enumerate(stream, 1):
+            journal.append(seq, envelope)
+        journal.close(remove=False)
+    sink = Sink()
+    assert recover(tmp_path, sink) == 3
+    assert sorted(e.type for e in sink.sent) == ["job-finish", "regr-finish", "regr-start"]
 
 
 def test_concurrent_recoveries_take_each_message_once(tmp_path: Path) -> None:
@@ -179,10 +225,10 @@ WRITER = textwrap.dedent(
     pad = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     journal = Journal(directory, "killed")
     for seq in range(1, count + 1):
-        body = {"category": "pytest", "uniqueid": f"t::{seq}", "result": "live"}
+        body = {"category": "pytest", "uniqueid": f"t::{seq}", "result": "pass"}
         if pad:
             body["config"] = "é" * (pad + seq % 97)
-        journal.append(seq, Envelope(type="job-live", regression="r/1", body=body))
+        journal.append(seq, Envelope(type="job-finish", regression="r/1", body=body))
         if seq == acked:
             journal.ack(seq)
     if mode == "wait":

@@ -178,7 +178,8 @@ def test_summary_of_a_queue_folder_with_a_space_and_of_one_that_cannot_be_writte
 
 
 @pytest.mark.parametrize(
-    "option", ["--collect-only", "--setup-plan", "--fixtures", "--fixtures-per-test"]
+    "option",
+    ["--collect-only", "--setup-plan", "--setup-only", "--fixtures", "--fixtures-per-test"],
 )
 def test_a_run_that_runs_no_test_publishes_nothing(
     pytester: pytest.Pytester, option: str
@@ -374,6 +375,25 @@ def test_sigterm_finishes_the_regression_then_dies_of_sigterm(pytester: pytest.P
     ]
 
 
+def test_sigterm_after_a_test_broke_os_kill_still_dies_of_sigterm(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_term="""
+        import os
+        import signal
+
+        def test_terminated():
+            os.kill = os.getpid = None  # left broken for the rest of the run
+            signal.raise_signal(signal.SIGTERM)
+        """
+    )
+    result, records = recorded(pytester, subprocess=True)
+    assert result.ret == -15
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    assert types(records)[-1] == "regr-finish"
+
+
 def test_sigterm_handler_is_restored(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
         """
@@ -471,3 +491,47 @@ def test_exit_status_is_unchanged_for_a_green_run(pytester: pytest.Pytester) -> 
     result, _ = recorded(pytester)
     assert result.ret == bare(pytester).ret == pytest.ExitCode.OK
     assert os.listdir(pytester.path / ".simscope" / "queue" / "outbox")
+
+
+NESTED_RUNS = '''
+pytest_plugins = ["pytester"]
+
+NOT_PUBLISHING = "(not publishing: the pytest run this one runs in publishes it)"
+
+
+def test_before():
+    pass
+
+
+def test_nested_in_process(pytester):
+    pytester.makepyfile(test_inner="def test_inner():\\n    assert 0\\n")
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(failed=1)
+    assert any(line.endswith(NOT_PUBLISHING) for line in result.outlines)
+
+
+def test_nested_in_a_subprocess(pytester):
+    pytester.makepyfile(test_inner="def test_inner():\\n    assert 0\\n")
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(failed=1)
+    assert any(line.endswith(NOT_PUBLISHING) for line in result.outlines)
+'''
+
+
+def test_pytest_runs_inside_a_publishing_run_do_not_publish_into_its_regression(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A suite that runs pytest itself (pytester, pytest.main) in CI, where the regression
+    comes from SIMSCOPE_REGRESSION: the nested runs inherit it and must not publish."""
+    monkeypatch.setenv("SIMSCOPE_REGRESSION", REGRESSION)
+    pytester.makepyfile(test_outer=NESTED_RUNS)
+    result, records = recorded(pytester, subprocess=True)
+
+    result.assert_outcomes(passed=3)
+    assert_clean(records)
+    assert sorted(finished(records)) == [
+        "test_outer.py::test_before",
+        "test_outer.py::test_nested_in_a_subprocess",
+        "test_outer.py::test_nested_in_process",
+    ]
+    assert types(records).count("regr-start") == 1

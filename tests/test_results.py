@@ -729,3 +729,27 @@ def test_a_crash_report_ends_the_job_with_its_own_outcome(pytester: pytest.Pytes
     xfailed = jobs["test_forked.py::test_expected_crash"]
     assert xfailed["result"] == "pass"
     assert ["pytest_outcome", "xfailed"] in xfailed["metadata"]
+
+
+FROZEN_CLOCK = """
+import pytest
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    report.start = report.stop = 946684800.0  # a frozen clock (freezegun, time-machine)
+    return report
+"""
+
+
+def test_a_frozen_clock_gives_unique_starts_and_no_finish_before_its_start(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(FROZEN_CLOCK)
+    pytester.makepyfile(test_frozen="def test_a():\n    pass\n\ndef test_b():\n    assert 0\n")
+    result, records = recorded(pytester)
+
+    result.assert_outcomes(passed=1, failed=1)
+    assert_clean(records)  # the protocol check: finish_time never before start_time
+    starts = [body["start_time"] for body in finished(records).values()]
+    assert len(set(starts)) == 2

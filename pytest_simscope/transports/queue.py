@@ -47,6 +47,10 @@ _ENTRY_SUFFIX = os.sep + ENTRY_FILE
 
 # The clock of entry names and manifest times (whole seconds, UTC); tests freeze it.
 _now_ns = time.time_ns
+# Bound once: a test may replace the os module's functions for the rest of its run, and
+# pytest may still have to write the queue at the run's end.
+_mkdir, _open, _write, _close = os.mkdir, os.open, os.write, os.close
+_rename, _replace, _unlink = os.rename, os.replace, os.unlink
 
 
 def ensure_layout(root: Path, anchor: Path | None = None) -> None:
@@ -105,7 +109,7 @@ def write_atomic(path: Path, data: bytes, staging: Path | None = None) -> None:
     tmp = (staging or path.parent) / f".{path.name}.{os.urandom(6).hex()}.tmp"
     try:
         _write_new(tmp, data)
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -118,16 +122,16 @@ def _write_new(path: str | os.PathLike[str], data: bytes) -> None:
     The offline queue writes one file per test; ``open()`` adds two ``fstat`` and an
     ``isatty`` to each, which on some sandboxed machines cost more than the test itself.
     """
-    fd = os.open(path, _NEW_FILE, 0o644)
+    fd = _open(path, _NEW_FILE, 0o644)
     try:
         if data:
-            written = os.write(fd, data)
+            written = _write(fd, data)
             if written < len(data):
                 view = memoryview(data)[written:]
                 while view:
-                    view = view[os.write(fd, view) :]
+                    view = view[_write(fd, view) :]
     finally:
-        os.close(fd)
+        _close(fd)
 
 
 def _status(envelope: Envelope, previous: str) -> str:
@@ -394,10 +398,10 @@ class OfflineQueue(Transport):
         tmp = f"{self._tmp_prefix}.{ENTRY_FILE}.{os.urandom(6).hex()}.tmp"
         try:
             _write_new(tmp, data)
-            os.replace(tmp, path)
+            _replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                _unlink(tmp)
             raise
 
     def _publish_entry(
@@ -415,12 +419,12 @@ class OfflineQueue(Transport):
             entry.head = b'{"job_id":' + _encode_string(name) + rest
             staging = self._tmp_prefix + name
             try:
-                os.mkdir(staging)
+                _mkdir(staging)
             except FileExistsError:
                 continue
             except FileNotFoundError:
                 ensure_layout(self.root, self.anchor)  # someone removed tmp/ while we ran
-                os.mkdir(staging)
+                _mkdir(staging)
             try:
                 records = entry.records
                 if records is not None and not records:
@@ -432,7 +436,7 @@ class OfflineQueue(Transport):
                 _write_new(staging + _ENTRY_SUFFIX, entry.data(b"]}"))
                 # Renaming onto an existing entry fails (it is never empty), so a clash
                 # with another writer is caught below without an extra look first.
-                os.rename(staging, self._outbox_prefix + name)
+                _rename(staging, self._outbox_prefix + name)
             except OSError as exc:
                 _remove_tree(staging)
                 if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
