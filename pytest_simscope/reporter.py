@@ -69,6 +69,7 @@ class _Open:
     """A job that has started and not finished yet (one per running test: kept small)."""
 
     __slots__ = (
+        "called",
         "category",
         "duration",
         "failures",
@@ -131,6 +132,8 @@ class _Open:
         # pytest-rerunfailures asked for another attempt: the next teardown report ends
         # that attempt, not the job, and the next setup report starts the attempt afresh.
         self.rerun_pending = False
+        # The current attempt's call was reported (see SimscopeReporter._ends).
+        self.called = False
 
 
 def _worker_of(extra: dict[str, Any]) -> str | None:
@@ -433,12 +436,14 @@ class SimscopeReporter:
             if job is not None and (when == "call" or when == "teardown" or when == "setup"):
                 self._took(job, report, extra)
                 if when == "teardown":
-                    if not job.rerun_pending:  # pytest-rerunfailures: not the last attempt
+                    if self._ends(job):
                         self._finish(key, job)
                 elif when == "setup":
                     self._send_live(job, report)
-                elif extra.get("wasxfail") is not None:
-                    job.xfail = "xpassed"
+                else:
+                    job.called = True
+                    if extra.get("wasxfail") is not None:
+                        job.xfail = "xpassed"
                 return
         worker = _worker_of(extra) if "node" in extra or "worker_id" in extra else None
         key = (worker, report.nodeid)
@@ -470,10 +475,24 @@ class SimscopeReporter:
             job = self._open_job(report, key, data)
         subtest = type(report) is not _TestReport and _is_subtest(report)
         self._phase(job, report, when, data, extra, subtest)
-        if when == "teardown" and not subtest and not job.rerun_pending and (
-            self._open.get(key) is job
-        ):
+        if when == "teardown" and not subtest and self._open.get(key) is job and self._ends(job):
             self._finish(key, job)
+
+    @staticmethod
+    def _ends(job: _Open) -> bool:
+        """Whether the teardown report of *job*'s current attempt ends it.
+
+        Not when pytest-rerunfailures asked for another attempt, nor when the attempt's
+        setup passed and its call was never reported: flaky runs a failed attempt again
+        so, handing on only its setup and teardown reports.  Either counts as a rerun.
+        """
+        if job.rerun_pending:
+            return False
+        if job.called or job.outcome != "passed" or job.xfail:
+            return True
+        job.reruns += 1
+        job.rerun_pending = True
+        return False
 
     def _phase(
         self,
@@ -490,6 +509,7 @@ class SimscopeReporter:
             # subtests report while it runs; pytest-rerunfailures hands on its setup
             # report only after it.)
             job.rerun_pending = False
+            job.called = False
             job.outcome = "passed"
             job.failures = []
             job.xfail = ""
@@ -514,6 +534,8 @@ class SimscopeReporter:
                 job.failures.append(("subtest", report))
             return
         self._took(job, report, extra)
+        if when == "call":
+            job.called = True
         if data:
             added = data.get("metadata")
             if added:

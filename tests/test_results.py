@@ -279,6 +279,75 @@ def test_reruns_are_one_job_per_test(pytester: pytest.Pytester, xdist: tuple[str
     assert bodies(records, "regr-finish")[0]["submitted"] == 3
 
 
+# What flaky (a retry plugin) does: an attempt that failed and is run again hands on only
+# its setup and teardown reports.
+RETRIES = """
+import pytest
+from _pytest.runner import runtestprotocol
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "retry(runs): run a failing test again")
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    marker = item.get_closest_marker("retry")
+    if marker is None:
+        return None
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for attempt in range(marker.args[0]):
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+        last = attempt == marker.args[0] - 1 or not any(r.failed for r in reports)
+        for report in reports:
+            if report.when != "call" or last:
+                item.ihook.pytest_runtest_logreport(report=report)
+        if last:
+            break
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+"""
+
+RETRIED_SUITE = """
+import pathlib
+
+import pytest
+
+@pytest.mark.retry(3)
+def test_flaky():
+    counter = pathlib.Path(__file__).with_name("attempts.txt")
+    attempt = int(counter.read_text()) if counter.exists() else 0
+    counter.write_text(str(attempt + 1))
+    assert attempt >= 2, f"attempt {attempt}"
+
+@pytest.mark.retry(2)
+def test_always_fails():
+    assert 0, "still broken"
+
+def test_fine():
+    pass
+"""
+
+
+@pytest.mark.parametrize("xdist", XDIST_MODES)
+def test_retries_that_hand_on_no_call_report_are_one_job_per_test(
+    pytester: pytest.Pytester, xdist: tuple[str, ...]
+) -> None:
+    pytester.makeconftest(RETRIES)
+    pytester.makepyfile(test_flaky=RETRIED_SUITE)
+    result, records = recorded(pytester, *xdist)
+
+    result.assert_outcomes(passed=2, failed=1)
+    assert_clean(records)
+    assert normalise(job(records, "test_flaky.py::test_flaky")) == finish_body(
+        "test_flaky.py::test_flaky", "pass", metadata=[["reruns", "2"]]
+    )
+    failed = job(records, "test_flaky.py::test_always_fails")
+    assert (failed["result"], failed["metadata"]) == ("fail", [["reruns", "1"]])
+    assert sorted(finished(records)) == [
+        "test_flaky.py::test_always_fails", "test_flaky.py::test_fine", "test_flaky.py::test_flaky"
+    ]
+    assert bodies(records, "regr-finish")[0]["submitted"] == 3
+
+
 RERUN_DETAILS_SUITE = """
 import pytest
 
