@@ -534,7 +534,7 @@ class SimscopeReporter:
                 job.failures.append(("subtest", report))
             return
         self._took(job, report, extra)
-        if when == "call":
+        if when != "setup" and when != "teardown":  # a call (or a plugin's own phase)
             job.called = True
         if data:
             added = data.get("metadata")
