@@ -221,6 +221,11 @@ class LocalFront:
     def _note(self, message: str) -> None:
         self.publisher._note(message)
 
+    def forget(self) -> None:
+        """In a forked child: let go of the journal (the sender thread is not there)."""
+        if self.journal is not None:
+            self.journal.forget()
+
     def publish(self, envelope: Envelope) -> None:
         with self._lock:
             self._seq += 1
@@ -394,6 +399,15 @@ class CourierFront:
             except Exception as exc:
                 self._journal_failed(exc)
         self._unjournaled.append(Envelope.of_bytes(kind, regression, body))
+
+    def forget(self) -> None:
+        """In a forked child: let go of the journal and the courier's pipes."""
+        self._closed = True
+        self.journal.forget()
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    pipe.close()
 
     def _journal_failed(self, exc: Exception) -> None:
         # The courier can no longer see what follows: it is kept for close().

@@ -169,6 +169,21 @@ class Journal(_Acks):
                 os.pwrite(self._fd, data, pos)
             self._pos = end
 
+    def forget(self) -> None:
+        """In a forked child: let go of the parent's journal (its lock, which the child
+        shares, its map and files) without changing it, and take no lock to do so."""
+        self._closed = True
+        if self._map is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._map.close()
+            self._map = None
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        if self._acks is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._acks.close()
+            self._acks = None
+
     def _fall_back(self) -> None:
         """Write lines from now on; cut the file back to what was written."""
         if self._map is not None:

@@ -463,6 +463,11 @@ class SimscopePlugin:
         """In a forked child: publish nothing, touch nothing of the parent's run, and give
         SIGTERM back its action from before the plugin (see _before_fork)."""
         _inherited.extend((self.reporter, self.publisher))
+        # Its journal's lock must not outlive the parent in a child that lives on: a
+        # recovery would take the dead run for a live one.  (Nor the courier's pipes.)
+        with contextlib.suppress(Exception):
+            if self.publisher is not None:
+                self.publisher.forget()
         self.reporter = None
         self.publisher = None
         self.active = False

@@ -684,6 +684,20 @@ def test_after():
 def _nap():
     time.sleep(30)
 
+def test_a_forked_child_holds_no_journal():
+    pid = os.fork()
+    if pid == 0:
+        held = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                held.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                pass
+        # Its lock would make a later recovery take a dead run for a live one.
+        os._exit(1 if any("/journal/" in path for path in held) else 0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
 def test_terminate_a_forked_process():
     process = multiprocessing.get_context("fork").Process(target=_nap)
     process.start()
@@ -725,6 +739,7 @@ def test_a_forked_child_publishes_nothing_and_keeps_sigterm_as_it_was(
     assert types(records).count("regr-start") == types(records).count("regr-finish") == 1
     jobs = finished(records)
     assert sorted(jobs) == [
+        "test_forking.py::test_a_forked_child_holds_no_journal",
         "test_forking.py::test_after",
         "test_forking.py::test_fork_and_go_on",
         "test_forking.py::test_terminate_a_forked_process",
