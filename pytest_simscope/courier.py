@@ -50,6 +50,9 @@ from pytest_simscope.messages import Envelope, MessageType, record_bytes
 from pytest_simscope.publisher import JournalLike, Publisher, PublishStats
 from pytest_simscope.transports.base import Transport
 
+# Bound once: a test may replace time.monotonic for the rest of its run.
+_monotonic = time.monotonic
+
 if TYPE_CHECKING:
     from pytest_simscope.transports.queue import OfflineQueue
 
@@ -237,7 +240,7 @@ class LocalFront:
                     self.publisher._note(f"journal disabled: {exc}")
                     self.journal = None
                     self.publisher.journal = None
-            now = time.monotonic()
+            now = _monotonic()
             self.relay.push(seq, envelope, now)
             self.relay.pump(now)
 
@@ -246,13 +249,13 @@ class LocalFront:
 
     def _tick(self) -> None:
         with self._lock:
-            now = time.monotonic()
+            now = _monotonic()
             self.relay.pump(now)
             self.relay.beat(now)
 
     def close(self, timeout: float) -> PublishStats:
         with self._lock:
-            self.relay.pump(time.monotonic(), everything=True)
+            self.relay.pump(_monotonic(), everything=True)
         return self.publisher.close(timeout)
 
 
@@ -480,11 +483,11 @@ class CourierFront:
             finally:
                 with contextlib.suppress(OSError):
                     stdin.close()
-        deadline = time.monotonic() + timeout
+        deadline = _monotonic() + timeout
         chunks: list[bytes] = []
         fd = stdout.fileno()
         while True:
-            left = deadline - time.monotonic()
+            left = deadline - _monotonic()
             if left <= 0:
                 raise TimeoutError
             ready, _, _ = _select([fd], [], [], left)
@@ -506,8 +509,8 @@ class CourierFront:
             self._proc.kill()
         with contextlib.suppress(Exception):
             self._proc.wait(5)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+        deadline = _monotonic() + 5
+        while _monotonic() < deadline:
             try:
                 os.killpg(group, 0)
             except OSError:
@@ -687,7 +690,7 @@ def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
         elif parent and not _alive(parent):
             # Gone, though a process it forked still holds the pipe open.
             closing = True
-        now = time.monotonic()
+        now = _monotonic()
         wait = POLL
         ahead = min(READ_AHEAD, publisher.max_pending)
         if closing or publisher.overflowing or publisher.backlog < ahead:

@@ -50,6 +50,9 @@ from pytest_simscope.errors import PermanentError, PublishError, TransientError
 from pytest_simscope.messages import Envelope
 from pytest_simscope.transports.base import Transport
 
+# Bound once: a test may replace time.monotonic for the rest of its run.
+_monotonic = time.monotonic
+
 Warn = Callable[[str], None]
 
 
@@ -322,10 +325,10 @@ class Publisher:
             with self._spool_lock:
                 item = self._take(envelope, seq)
                 if item is not None:
-                    started = time.monotonic()
+                    started = _monotonic()
                     self._spool_locked([item])
                     self._ack(item.seq)
-                    took = time.monotonic() - started
+                    took = _monotonic() - started
                     self._inline_time = 0.9 * self._inline_time + 0.1 * took
                     if took > INLINE_SLOW or (
                         item.seq > 20 and self._inline_time > INLINE_AVERAGE
@@ -418,17 +421,17 @@ class Publisher:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._close_at = time.monotonic()
+        self._close_at = _monotonic()
         self._close_requested.set()
         why_late = f"not delivered within the flush timeout ({timeout:g} s)"
         if self._started:
             # Wait for the flush, but not for a destination that never took a message
             # and is failing: it is down or misconfigured, and waiting would only make
             # every run slower (a connect to a silent host can take the whole timeout).
-            deadline = time.monotonic() + max(0.0, timeout)
+            deadline = _monotonic() + max(0.0, timeout)
             try:
                 while self._thread.is_alive() and not self._unreachable():
-                    left = deadline - time.monotonic()
+                    left = deadline - _monotonic()
                     if left <= 0:
                         break
                     self._thread.join(min(left, 0.05))
@@ -493,7 +496,7 @@ class Publisher:
         the tests."""
         with self._cond:
             self._tick_interval = max(0.01, interval)
-            self._next_tick = time.monotonic() + self._tick_interval
+            self._next_tick = _monotonic() + self._tick_interval
             self._on_tick = callback
             self._cond.notify()  # a sender waiting without a timeout takes one now
 
@@ -501,17 +504,20 @@ class Publisher:
         """Run the ticker if it is due; how long the sender may wait before the next."""
         if self._on_tick is None or self._closing:
             return None
-        now = time.monotonic()
+        now = _monotonic()
         if now >= self._next_tick:
             with contextlib.suppress(Exception):  # the ticker must never stop the sender
                 self._on_tick()
-            now = time.monotonic()
+            now = _monotonic()
             self._next_tick = now + self._tick_interval
         return max(0.0, self._next_tick - now)
 
     def _run(self) -> None:
         while True:
-            wait = self._tick()  # outside the lock: the ticker publishes
+            try:
+                wait = self._tick()  # outside the lock: the ticker publishes
+            except Exception:  # the sender must survive anything
+                wait = None
             with self._cond:
                 if not self._waiting() and not self._closing:
                     self._idle = True
@@ -643,7 +649,7 @@ class Publisher:
 
     def _deliver(self, group: list[_Item]) -> None:
         wire = self._wire(group)
-        deadline = time.monotonic() + self.retry_budget
+        deadline = _monotonic() + self.retry_budget
         attempt = 0
         while wire:
             if self._abandon:
@@ -659,7 +665,7 @@ class Publisher:
                 if not wire:
                     return
                 attempt += 1
-                left = deadline - time.monotonic()
+                left = deadline - _monotonic()
                 self._failures += 1
                 self._last_error = self._reason(exc)
                 if self._unreachable():

@@ -923,3 +923,31 @@ def test_the_default_queue_does_not_bring_back_a_removed_root_folder(
 
     assert published.returncode == bare_run.returncode
     assert not root.exists()
+
+
+BREAKS_THE_CLOCK = """
+import time
+
+def test_breaks_the_clock():
+    time.monotonic = lambda: 1 / 0  # left so for the rest of the run
+
+def test_after():
+    time.sleep(0.2)
+"""
+
+
+def test_in_process_delivery_survives_a_test_that_breaks_time_monotonic(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(INPROCESS_ENV, "1")
+    pytester.makepyfile(test_clock=BREAKS_THE_CLOCK)
+    result, _ = recorded(
+        pytester, "-W", "error::pytest.PytestUnhandledThreadExceptionWarning", subprocess=True
+    )
+    assert result.ret == 0, result.stdout.str()
+    assert "simscope-publisher" not in result.stdout.str()
+    records = queued(pytester)
+    assert_clean(records)
+    assert sorted(r["body"]["uniqueid"] for r in records if r["type"] == "job-finish") == [
+        "test_clock.py::test_after", "test_clock.py::test_breaks_the_clock"
+    ]
