@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 import socket
 import time
@@ -163,7 +164,38 @@ def _crash_summary(longrepr: Any) -> str:
         return f"AssertionError: {line}" if line.startswith("assert ") else line
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
         return first_line(str(longrepr[2]))
-    return first_line(_clean_str(longrepr)) if longrepr is not None else ""
+    if longrepr is None:
+        return ""
+    text = _clean_str(longrepr)
+    return _doctest_summary(text) or first_line(text)
+
+
+# A failed doctest's text (pytest's ReprFailDoctest, or its string from an xdist worker):
+# the numbered lines of the docstring, what went wrong, then "file:line: <kind>".
+_DOCTEST_LISTING = re.compile(r"(?:[0-9]{3}|\?\?\?) (.*)")
+_DOCTEST_WHERE = re.compile(r"(.*):([0-9]+): (DocTestFailure|UnexpectedException)")
+
+
+def _doctest_summary(text: str) -> str:
+    """``Kind: file:line: >>> the example`` (and what it raised) for a failed doctest, or
+    "" for any other text: its first line would be a line number of the docstring."""
+    lines = text.splitlines()
+    first = lines[0] if lines else ""
+    if not (_DOCTEST_LISTING.match(first) or first.startswith("EXAMPLE LOCATION UNKNOWN")):
+        return ""
+    where = next((m for m in map(_DOCTEST_WHERE.fullmatch, reversed(lines)) if m), None)
+    if where is None:
+        return ""
+    example = ""
+    raised = ""
+    for line in lines:
+        listed = _DOCTEST_LISTING.fullmatch(line)
+        if listed and listed.group(1).lstrip().startswith(">>>"):
+            example = listed.group(1).strip()
+        elif line.startswith("UNEXPECTED EXCEPTION: ") and not raised:
+            raised = f" raised {line[len('UNEXPECTED EXCEPTION: '):]}"
+    name = where.group(1).replace("\\", "/").rpartition("/")[2]
+    return first_line(f"{where.group(3)}: {name}:{where.group(2)}: {example}{raised}")
 
 
 def _longrepr_text(report: Any) -> str:

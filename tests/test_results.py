@@ -822,3 +822,38 @@ def test_a_frozen_clock_gives_unique_starts_and_no_finish_before_its_start(
     assert_clean(records)  # the protocol check: finish_time never before start_time
     starts = [body["start_time"] for body in finished(records).values()]
     assert len(set(starts)) == 2
+
+
+@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["no-xdist", "n2"])
+def test_a_failed_doctest_is_summed_up_by_its_example(
+    pytester: pytest.Pytester, xdist: tuple[str, ...]
+) -> None:
+    """Not by the first line pytest shows for it, a line number of the docstring."""
+    pytester.makepyfile(
+        mod='''
+        def boom():
+            """
+            >>> x = 1
+            >>> 1/0
+            """
+
+        def wrong():
+            """
+            >>> "a"
+            'b'
+            """
+        '''
+    )
+    result, records = recorded(pytester, "--doctest-modules", *xdist)
+
+    result.assert_outcomes(failed=2)
+    assert_clean(records)
+    summaries = {
+        uid: body["fail_message"].partition("\n")[0] for uid, body in finished(records).items()
+    }
+    assert summaries == {
+        "mod.py::mod.boom": (
+            "UnexpectedException: mod.py:4: >>> 1/0 raised ZeroDivisionError('division by zero')"
+        ),
+        "mod.py::mod.wrong": 'DocTestFailure: mod.py:9: >>> "a"',
+    }
