@@ -141,6 +141,14 @@ class SeenHashes:
             recent.clear()
         return False
 
+    def __contains__(self, text: str) -> bool:
+        """Whether *text* was seen (noted by :meth:`add`)."""
+        key = hash(text)
+        if key in self._recent:
+            return True
+        index = bisect_left(self._sorted, key)
+        return index < len(self._sorted) and self._sorted[index] == key
+
     def __len__(self) -> int:
         return len(self._sorted) + len(self._recent)
 

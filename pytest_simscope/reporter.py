@@ -792,6 +792,15 @@ class SimscopeReporter:
         self._results["fail"] += 1
         self._publish_job("job-finish", body, report)
 
+    def interrupted(self, nodeid: str) -> None:
+        """The session was interrupted while this process ran *nodeid*: a job for it, if
+        it had none yet, for :meth:`finish` to end with the others."""
+        key = (None, nodeid)
+        # (One that ran already, its job ended, is not run again: the interrupt came
+        # after it.)
+        if key not in self._open and not self._closed and nodeid not in self._seen:
+            self._open_job(None, key, {})
+
     def worker_down(self, worker: str, error: Any) -> None:
         """An xdist worker went away: its running tests end as failures."""
         if self.dist_each and worker in self._worker_counts:

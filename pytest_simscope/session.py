@@ -14,7 +14,7 @@ import sys
 import uuid
 import weakref
 from pathlib import Path
-from types import FrameType
+from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -317,6 +317,22 @@ class SimscopePlugin:
             reporter.logreport(report, self.local.data(report))
         except Exception as exc:
             self._internal_error("test report", exc)
+
+    @pytest.hookimpl
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        """Ctrl-C, SIGTERM or pytest.exit(): a test interrupted before its first report (in
+        a fixture's setup) was running too, and ends as a fail with the others."""
+        if self.reporter is None:
+            return
+        item = None
+        tb: TracebackType | None = excinfo.tb
+        while tb is not None:  # the innermost frame that runs a test has it as "item"
+            candidate = tb.tb_frame.f_locals.get("item")
+            if isinstance(candidate, pytest.Item):
+                item = candidate
+            tb = tb.tb_next
+        if item is not None:
+            self._guard("interrupt", self.reporter.interrupted, item.nodeid)
 
     @pytest.hookimpl(trylast=True)  # after other plugins changed the exit status
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:

@@ -535,3 +535,44 @@ def test_pytest_runs_inside_a_publishing_run_do_not_publish_into_its_regression(
         "test_outer.py::test_nested_in_process",
     ]
     assert types(records).count("regr-start") == 1
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [
+        pytest.param("raise KeyboardInterrupt", id="ctrl-c"),
+        pytest.param("pytest.exit('enough', returncode=7)", id="exit"),
+    ],
+)
+def test_a_test_interrupted_in_its_setup_is_a_fail_job(
+    pytester: pytest.Pytester, stop: str
+) -> None:
+    """No report says it started (pytest makes none for an interrupted setup): it ran."""
+    pytester.makepyfile(
+        test_setup=f"""
+        import pytest
+
+        def test_before():
+            pass
+
+        @pytest.fixture
+        def slow_resource():
+            {stop}
+
+        def test_interrupted_in_setup(slow_resource):
+            pass
+
+        def test_never_runs():
+            pass
+        """
+    )
+    # (In a subprocess: pytester hands an inner run's Ctrl-C on to the outer one.)
+    result, records = recorded(pytester, subprocess=True)
+    assert result.ret == bare(pytester, subprocess=True).ret
+    assert_clean(records)
+    jobs = finished(records)
+    assert sorted(jobs) == [
+        "test_setup.py::test_before", "test_setup.py::test_interrupted_in_setup"
+    ]
+    assert jobs["test_setup.py::test_interrupted_in_setup"]["result"] == "fail"
+    assert bodies(records, "regr-finish")[0]["submitted"] == 2
