@@ -442,10 +442,6 @@ class CourierFront:
         except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) while waiting: stop waiting
             problem = "delivery interrupted"
             self._kill()
-        except BrokenPipeError:  # gone before it read "close"
-            self._kill()
-            code = self._proc.returncode
-            problem = f"it exited with {code}" if code else "it was gone"
         except Exception as exc:  # whatever it was, the journal still holds the run
             problem = f"{type(exc).__name__}: {exc}"
             self._kill()
@@ -480,6 +476,8 @@ class CourierFront:
         with _sigpipe_ignored():
             try:
                 _write(stdin.fileno(), b"close\n")
+            except BrokenPipeError:
+                pass  # gone: what it wrote before is still to be read
             finally:
                 with contextlib.suppress(OSError):
                     stdin.close()

@@ -173,35 +173,34 @@ class Journal(_Acks):
         """In a forked child: let go of the parent's journal (its lock, which the child
         shares, its map and files) without changing it, and take no lock to do so."""
         self._closed = True
-        if self._map is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self._map.close()
-            self._map = None
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        self._let_go()
         if self._acks is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._acks.close()
             self._acks = None
 
-    def _fall_back(self) -> None:
-        """Write lines from now on; cut the file back to what was written."""
+    def _unmap(self) -> None:
         if self._map is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._map.close()
             self._map = None
+
+    def _let_go(self) -> None:
+        """Unmap and close the file (its lock goes with the last descriptor)."""
+        self._unmap()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+    def _fall_back(self) -> None:
+        """Write lines from now on; cut the file back to what was written."""
+        self._unmap()
         os.ftruncate(self._fd, self._pos)
 
     def _release(self, *, removed: bool) -> None:
         if not removed:
             with contextlib.suppress(OSError, ValueError):
                 self._fall_back()
-        if self._map is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self._map.close()
-            self._map = None
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        self._let_go()
 
 
 _BODY_KEY = b',"body":'
