@@ -15,8 +15,11 @@ Nothing is lost on the way:
 
 * the journal is written before anything else, so a message journaled is either
   delivered, queued, or still in the journal for the next run (or ``drain``) to recover;
-* if the pytest process dies, the courier sees its standard input close, delivers what
-  the journal holds and removes the journal only when all of it is settled;
+* if the pytest process dies, the courier sees it go (its standard input closes, or the
+  process is gone), delivers what the journal holds, closes what the run left open (a
+  fail for each running test, the regression's ``regr-finish``: see
+  :class:`~pytest_simscope.journal.Unfinished`) and removes the journal only when all of
+  it is settled;
 * if the courier dies, fails to start or does not finish in time, the pytest process
   queues every message of the journal not acknowledged yet itself (some may then be
   delivered twice, none zero times);

@@ -5,8 +5,9 @@ background sender (one line, written to the operating system at once, no fsync),
 highest sequence number that is safe (confirmed by the broker or written to the offline
 queue) is appended to ``<run>.acks``.  A clean end removes both files.  A run that died
 leaves them behind; :func:`recover` moves its unconfirmed messages, in order, into the
-offline queue.  A live run holds an exclusive lock on its journal, so recovery never takes
-the messages of a run that is still going.
+offline queue, then closes what the run left open (see :class:`Unfinished`).  A live run
+holds an exclusive lock on its journal, so recovery never takes the messages of a run that
+is still going.
 """
 
 from __future__ import annotations
