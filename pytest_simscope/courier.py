@@ -48,7 +48,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_simscope.journal import Journal, JournalTail, Unfinished, _read_acked
+from pytest_simscope.journal import Journal, JournalTail, Unfinished, _read_acked, mark_closed
 from pytest_simscope.messages import Envelope, MessageType, record_bytes
 from pytest_simscope.publisher import JournalLike, Publisher, PublishStats
 from pytest_simscope.transports.base import Transport
@@ -715,7 +715,12 @@ def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
         relay.pump(now, everything=True)
     if tail.bad_lines:
         publisher._note(f"{tail.bad_lines} unreadable journal lines skipped")
-    return publisher.close(float(config.get("flush_timeout", 5.0)))
+    stats = publisher.close(float(config.get("flush_timeout", 5.0)))
+    if not told:
+        # A journal left behind (something could be neither delivered nor queued) is
+        # recovered later: without closing the run a second time.
+        mark_closed(tail.path)
+    return stats
 
 
 def _alive(pid: int) -> bool:

@@ -25,7 +25,8 @@ publisher does: a finished job needs no live message); its entry is archived onc
 ``job-finish`` was confirmed.  While an entry is incomplete, the ``regr-finish`` of its
 run's regressions is held back (of every regression when its run is not known), because
 the entry may hold jobs that must come before it.  An entry folder that stays without a
-``job.json`` for the settle time is reported as corrupt, so it holds nothing back.
+``job.json`` for the settle time is reported as corrupt, so it holds nothing back; so is a
+sync tool's temporary folder left unchanged as long.
 
 Nothing here imports pytest or parses a command line (``cli.py`` does).
 """
@@ -281,7 +282,10 @@ def scan(folder: Path, *, settle: float = DEFAULT_SETTLE) -> Scan:
             # A folder a sync tool is still bringing in; other hidden folders (.stfolder,
             # .stversions) belong to the sync tool and are none of our business.
             if "job-" in name:
-                found.incomplete.append(Skipped(name, "incomplete: a temporary name"))
+                if _changed_within(child.path, settle, now):
+                    found.incomplete.append(Skipped(name, "incomplete: a temporary name"))
+                else:  # left behind: it holds nothing back (see read_entry)
+                    found.corrupt.append(Skipped(name, "corrupt: a temporary name, left"))
             continue
         if not name.startswith("job-"):
             continue

@@ -376,6 +376,20 @@ class Unfinished:
         return closing
 
 
+# A line of <run>.acks: the delivery process closed the run its pytest left open (see
+# Unfinished), so a recovery of the journal it left must not close it again.
+CLOSED_MARK = "closed"
+
+
+def mark_closed(journal: Path) -> None:
+    """Note, in the acks of *journal* when it is still there, that its run was closed."""
+    if journal.exists():
+        with contextlib.suppress(OSError), open(
+            journal.with_suffix(".acks"), "a", encoding="utf-8"
+        ) as handle:
+            handle.write(f"{CLOSED_MARK}\n")
+
+
 def _read_acked(path: Path) -> int:
     acked = 0
     with contextlib.suppress(OSError):
@@ -406,8 +420,15 @@ def _read_orphan(handle: IO[str], path: Path) -> list[tuple[int, Envelope]]:
         if seq > acked:
             found.append((seq, envelope))
     found.sort(key=lambda item: item[0])
-    found.extend((last + n, envelope) for n, envelope in enumerate(unfinished.closing(), 1))
+    if not _closed_by_courier(path.with_suffix(".acks")):
+        found.extend((last + n, envelope) for n, envelope in enumerate(unfinished.closing(), 1))
     return found
+
+
+def _closed_by_courier(acks: Path) -> bool:
+    with contextlib.suppress(OSError), open(acks, encoding="utf-8", errors="replace") as handle:
+        return any(line.strip() == CLOSED_MARK for line in handle)
+    return False
 
 
 @contextlib.contextmanager

@@ -36,6 +36,11 @@ _exit = os._exit
 
 Front = courier.CourierFront | courier.LocalFront
 
+# Where pytest runs a test: a frame of these functions of _pytest/runner.py has it as
+# "item" (see SimscopePlugin.pytest_keyboard_interrupt).
+_RUNNER_FRAMES = ("runtestprotocol", "call_and_report", "call_runtest_hook")
+_RUNNER_FILE = os.path.join("_pytest", "runner.py")
+
 # Set while a run publishes, to its regression: pytest runs started inside it see it.
 NESTED_ENV = "PYTEST_SIMSCOPE_PUBLISHING"
 
@@ -326,10 +331,14 @@ class SimscopePlugin:
             return
         item = None
         tb: TracebackType | None = excinfo.tb
-        while tb is not None:  # the innermost frame that runs a test has it as "item"
-            candidate = tb.tb_frame.f_locals.get("item")
-            if isinstance(candidate, pytest.Item):
-                item = candidate
+        while tb is not None:
+            # The innermost test this session's runner was running (not any "item" of a
+            # hook that loops over items, nor of a nested session).
+            code = tb.tb_frame.f_code
+            if code.co_name in _RUNNER_FRAMES and code.co_filename.endswith(_RUNNER_FILE):
+                candidate = tb.tb_frame.f_locals.get("item")
+                if isinstance(candidate, pytest.Item) and candidate.session is self.local.session:
+                    item = candidate
             tb = tb.tb_next
         if item is not None:
             self._guard("interrupt", self.reporter.interrupted, item.nodeid)

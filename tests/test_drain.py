@@ -229,6 +229,8 @@ def test_scan_sorts_entries(tmp_path: Path) -> None:
     os.utime(outbox / "job-left" / "notes.txt", (old, old))
     os.utime(outbox / "job-left", (old, old))
     (outbox / ".syncthing.job-x.tmp").mkdir()
+    (outbox / ".syncthing.job-old.tmp").mkdir()
+    os.utime(outbox / ".syncthing.job-old.tmp", (old, old))
     (outbox / ".stfolder").mkdir()
     (outbox / "README.md").write_text("not an entry")
 
@@ -248,6 +250,7 @@ def test_scan_sorts_entries(tmp_path: Path) -> None:
         # Nothing came into them for longer than the settle time: left behind.
         "job-empty": "corrupt: no job.json",
         "job-left": "corrupt: no job.json",
+        ".syncthing.job-old.tmp": "corrupt: a temporary name, left",
     }
 
 

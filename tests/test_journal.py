@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_simscope.journal import DIED_WHILE_RUNNING, Journal, orphaned_messages, recover
+from pytest_simscope.journal import (
+    DIED_WHILE_RUNNING,
+    Journal,
+    mark_closed,
+    orphaned_messages,
+    recover,
+)
 from pytest_simscope.models import Envelope
 from pytest_simscope.transports.base import Transport
 from pytest_simscope.transports.queue import OfflineQueue, read_outbox
@@ -175,6 +181,20 @@ def test_recovery_closes_what_a_dead_run_left_open(tmp_path: Path) -> None:
     assert failed.body["finish_time"] > start
     assert finished == Envelope("regr-finish", "r/1", {"name": "r/1", "pending": False,
                                                         "submitted": 3})
+
+
+def test_recovery_does_not_close_again_what_the_courier_closed(tmp_path: Path) -> None:
+    """The courier closed the run of a pytest that died, but could not settle everything:
+    the journal stays, marked, and its recovery adds no second closing."""
+    journal = Journal(tmp_path, "dead")
+    journal.append(1, Envelope("regr-start", "r/1", {"name": "r/1", "pending": True}))
+    journal.append(2, Envelope("job-live", "r/1", {"category": "p", "uniqueid": "a",
+                                                    "result": "live"}))
+    journal.close(remove=False)
+    mark_closed(journal.path)
+    sink = Sink()
+    assert recover(tmp_path, sink) == 2
+    assert [e.type for e in sink.sent] == ["regr-start", "job-live"]
 
 
 def test_recovery_of_a_closed_run_or_a_shard_adds_nothing(tmp_path: Path) -> None:

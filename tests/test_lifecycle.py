@@ -576,3 +576,19 @@ def test_a_test_interrupted_in_its_setup_is_a_fail_job(
     ]
     assert jobs["test_setup.py::test_interrupted_in_setup"]["result"] == "fail"
     assert bodies(records, "regr-finish")[0]["submitted"] == 2
+
+
+def test_an_interrupt_outside_any_test_makes_no_job(pytester: pytest.Pytester) -> None:
+    """A hook that loops over the items has an "item" too: not a test that ran."""
+    pytester.makeconftest(
+        """
+        def pytest_collection_modifyitems(items):
+            for item in items:
+                raise KeyboardInterrupt
+        """
+    )
+    pytester.makepyfile(test_never="def test_one():\n    pass\n")
+    result, records = recorded(pytester, subprocess=True)
+    assert result.ret == bare(pytester, subprocess=True).ret
+    assert_clean(records)
+    assert finished(records) == {}
