@@ -101,7 +101,6 @@ class Relay:
         # The number of the last message handed on: a heartbeat's re-send is numbered so
         # (acking it must not vouch for messages still held).
         self._released_seq = 0
-        self.last_seq = 0  # of the last message taken
         self._next_beat: float | None = None
         # At most this many held: beyond, the oldest go on before their time (a flood of
         # messages must not grow memory; some live jobs then go out that were not needed).
@@ -113,7 +112,6 @@ class Relay:
 
     def push(self, seq: int, envelope: Envelope, now: float) -> None:
         """Take the message numbered *seq*, read at *now* (``time.monotonic()``)."""
-        self.last_seq = seq
         kind = envelope.type
         if kind == "job-finish" and self._held_lives:
             uid = envelope.uniqueid
@@ -159,6 +157,13 @@ class Relay:
                     self._live.pop(uid, None)
         self._released_seq = seq
         self.publisher.publish(envelope, seq)
+
+    def finish_with(self, envelopes: list[Envelope], now: float) -> None:
+        """Hand on every message held, then *envelopes* (numbered as the last handed on, as
+        a heartbeat's re-sends are: acking them vouches for nothing more)."""
+        self.pump(now, everything=True)
+        for envelope in envelopes:
+            self._release(self._released_seq, envelope, now)
 
     def beat(self, now: float) -> None:
         """Re-send the live jobs that were last sent a heartbeat ago, if it is time."""
@@ -710,9 +715,7 @@ def serve(config: dict[str, Any], control: int = 0) -> PublishStats:
     if not told:
         # pytest died without closing its run (killed, or a test called os._exit): close
         # what it left open, after everything it journaled.
-        for envelope in unfinished.closing():
-            relay.push(relay.last_seq, envelope, now)
-        relay.pump(now, everything=True)
+        relay.finish_with(unfinished.closing(), now)
     if tail.bad_lines:
         publisher._note(f"{tail.bad_lines} unreadable journal lines skipped")
     stats = publisher.close(float(config.get("flush_timeout", 5.0)))

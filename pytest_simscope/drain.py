@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from pytest_simscope.errors import PermanentError, PublishError, TransientError
-from pytest_simscope.identity import safe_slug
 from pytest_simscope.journal import orphaned_messages, recover
 from pytest_simscope.messages import Envelope
 from pytest_simscope.transports.base import Transport
@@ -60,6 +59,7 @@ from pytest_simscope.transports.queue import (
     TMP,
     OfflineQueue,
     ensure_layout,
+    run_slug,
 )
 
 try:
@@ -381,7 +381,7 @@ def waiting_regressions(
         return False
     by_run: dict[str, set[str]] = {}
     for entry in entries:
-        regressions = by_run.setdefault(f"-{safe_slug(entry.run_id, 8) or 'run'}-", set())
+        regressions = by_run.setdefault(f"-{run_slug(entry.run_id)}-", set())
         regressions.update(message.envelope.regression for message in entry.messages)
     waiting: set[str] = set()
     for name in incomplete:

@@ -390,19 +390,28 @@ def mark_closed(journal: Path) -> None:
             handle.write(f"{CLOSED_MARK}\n")
 
 
-def _read_acked(path: Path) -> int:
+def _read_acks(path: Path) -> tuple[int, bool]:
+    """How far a run's messages are safe, and whether its courier closed the run."""
     acked = 0
+    closed = False
     with contextlib.suppress(OSError):
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.strip() == CLOSED_MARK:
+                closed = True
+                continue
             with contextlib.suppress(ValueError):
                 acked = max(acked, int(line))
-    return acked
+    return acked, closed
+
+
+def _read_acked(path: Path) -> int:
+    return _read_acks(path)[0]
 
 
 def _read_orphan(handle: IO[str], path: Path) -> list[tuple[int, Envelope]]:
     """The unconfirmed messages of a dead run's journal, then those that close what the
     run left open (numbered after the last; see :class:`Unfinished`)."""
-    acked = _read_acked(path.with_suffix(".acks"))
+    acked, closed = _read_acks(path.with_suffix(".acks"))
     found: list[tuple[int, Envelope]] = []
     unfinished = Unfinished()
     last = 0
@@ -420,15 +429,9 @@ def _read_orphan(handle: IO[str], path: Path) -> list[tuple[int, Envelope]]:
         if seq > acked:
             found.append((seq, envelope))
     found.sort(key=lambda item: item[0])
-    if not _closed_by_courier(path.with_suffix(".acks")):
+    if not closed:
         found.extend((last + n, envelope) for n, envelope in enumerate(unfinished.closing(), 1))
     return found
-
-
-def _closed_by_courier(acks: Path) -> bool:
-    with contextlib.suppress(OSError), open(acks, encoding="utf-8", errors="replace") as handle:
-        return any(line.strip() == CLOSED_MARK for line in handle)
-    return False
 
 
 @contextlib.contextmanager

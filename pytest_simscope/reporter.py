@@ -468,7 +468,7 @@ class SimscopeReporter:
             if job is not None and (when == "call" or when == "teardown" or when == "setup"):
                 self._took(job, report, extra)
                 if when == "teardown":
-                    if self._ends(job):
+                    if (job.called and not job.rerun_pending) or self._ends(job):
                         self._finish(key, job)
                 elif when == "setup":
                     self._send_live(job, report)

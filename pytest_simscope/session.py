@@ -397,14 +397,15 @@ class SimscopePlugin:
         jobs = f"{total} job" if total == 1 else f"{total} jobs"
         counts = f"{results['pass']} pass, {results['fail']} fail, {results['skip']} skip"
         outbox = self._rel(self.queue_root / "outbox")
+        queue = self._rel(self.queue_root)
         # The command is printed to be copied: a folder with spaces stays one argument.
-        drain = f"pytest-simscope drain {shlex.quote(self._rel(self.queue_root))}"
+        drain = f"pytest-simscope drain {shlex.quote(queue)}"
         of = f"simscope: {jobs} ({counts}) of {self.settings.regression}"
         if not self.settings.url:
             if stats.lost and not stats.queued:
                 line = (
                     f"{of} NOT queued: {stats.lost} messages could not be written to "
-                    f"the offline queue {self._rel(self.queue_root)}"
+                    f"the offline queue {queue}"
                 )
             else:
                 besides = (

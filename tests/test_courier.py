@@ -410,7 +410,7 @@ def test_a_test_that_ends_pytest_gets_a_fail_job_and_the_regression_is_finished(
         time.sleep(0.05)
     records = queued(pytester)
     assert_clean(records)
-    jobs = {r["body"]["uniqueid"]: r["body"] for r in records if r["type"] == "job-finish"}
+    jobs = finished(records)
     assert {uid: body["result"] for uid, body in jobs.items()} == {
         "test_ends.py::test_before": "pass",
         "test_ends.py::test_ends_pytest": "fail",
@@ -445,7 +445,7 @@ def test_a_test_that_breaks_os_write_leaves_the_run_to_its_courier(
     assert "delivery process failed" not in result.stdout.str()
     records = queued(pytester)
     assert_clean(records)
-    assert sorted(r["body"]["uniqueid"] for r in records if r["type"] == "job-finish") == [
+    assert sorted(finished(records)) == [
         "test_breaks.py::test_after", "test_breaks.py::test_before",
         "test_breaks.py::test_breaks_os_write",
     ]
@@ -948,6 +948,6 @@ def test_in_process_delivery_survives_a_test_that_breaks_time_monotonic(
     assert "simscope-publisher" not in result.stdout.str()
     records = queued(pytester)
     assert_clean(records)
-    assert sorted(r["body"]["uniqueid"] for r in records if r["type"] == "job-finish") == [
+    assert sorted(finished(records)) == [
         "test_clock.py::test_after", "test_clock.py::test_breaks_the_clock"
     ]

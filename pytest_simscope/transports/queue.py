@@ -71,6 +71,11 @@ def ensure_layout(root: Path, anchor: Path | None = None) -> None:
             write_atomic(ignore, GITIGNORE_TEXT.encode())
 
 
+def run_slug(run_id: str) -> str:
+    """The part of an entry's name that tells its run (see ``OfflineQueue._entry_name``)."""
+    return safe_slug(run_id, 8) or "run"
+
+
 def _encode(manifest: Any) -> bytes:
     # A lone surrogate (from an undecodable file name) cannot be UTF-8: write it as the
     # JSON escape it reads back as, so the entry is still valid JSON and loses nothing.
@@ -262,7 +267,7 @@ class OfflineQueue(Transport):
     def _entry_name(self, stamp: str, slug: str) -> str:
         self._entries += 1
         if self._slug_of is not self.run_id:
-            self._run_slug = safe_slug(self.run_id, 8) or "run"
+            self._run_slug = run_slug(self.run_id)
             self._slug_of = self.run_id
         return f"job-{stamp}-{slug}-{self._run_slug}-{self._entries:06d}"
 
