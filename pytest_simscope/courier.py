@@ -44,12 +44,12 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_simscope.journal import Journal, JournalTail, Unfinished, _read_acked, mark_closed
-from pytest_simscope.messages import Envelope, MessageType, record_bytes
+from pytest_simscope.messages import Envelope, MessageType, record_bytes, record_line
 from pytest_simscope.publisher import JournalLike, Publisher, PublishStats
 from pytest_simscope.transports.base import Transport
 
@@ -405,11 +405,29 @@ class CourierFront:
         self._seq += 1
         if not self._unjournaled:
             try:
-                self.journal.write(record_bytes(self._seq, kind, regression, body) + b"\n")
+                self.journal.write(record_line(self._seq, kind, regression, body))
                 return
             except Exception as exc:
                 self._journal_failed(exc)
         self._unjournaled.append(Envelope.of_bytes(kind, regression, body))
+
+    def raw_writer(self, kind: MessageType, regression: str) -> Callable[[bytes], None]:
+        """``publish_raw`` for one kind of message of one regression, its record's head
+        made once: the reporter's usual jobs, twice a test."""
+        head = record_bytes(0, kind, regression, b"")[len(b'{"seq":0') : -1]
+        write = self.journal.write
+
+        def publish(body: bytes) -> None:
+            self._seq += 1
+            if not self._unjournaled:
+                try:
+                    write(b'{"seq":%d%b%b}\n' % (self._seq, head, body))
+                    return
+                except Exception as exc:
+                    self._journal_failed(exc)
+            self._unjournaled.append(Envelope.of_bytes(kind, regression, body))
+
+        return publish
 
     def forget(self) -> None:
         """In a forked child: let go of the journal and the courier's pipes."""

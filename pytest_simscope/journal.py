@@ -113,7 +113,7 @@ class Journal(_Acks):
         self._map: mmap.mmap | None = None
         self._size = 0  # of the file
         self._base = 0  # the file offset where the mapped window starts
-        self._end = 0  # and where it ends
+        self._end = -1  # and where it ends (-1: no map, or closed)
         self._pos = 0
         try:
             _lock(self._fd)
@@ -135,9 +135,7 @@ class Journal(_Acks):
 
     def _map_window(self, pos: int, need: int) -> None:
         """Map a window that starts at or before *pos* and holds *need* bytes from it."""
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        self._unmap()
         base = pos - pos % mmap.ALLOCATIONGRANULARITY
         length = max(_WINDOW, -(-(pos + need - base) // _WINDOW) * _WINDOW)
         if base + length > self._size:
@@ -155,20 +153,29 @@ class Journal(_Acks):
     def write(self, data: bytes) -> None:
         """Append *data*, whole lines (a record and its newline)."""
         with self._lock:
-            if self._closed:
-                return
             pos = self._pos
             end = pos + len(data)
-            if self._map is not None and end > self._end:
-                try:
-                    self._map_window(pos, len(data))
-                except (OSError, ValueError):
-                    self._fall_back()
-            if self._map is not None:
-                self._map[pos - self._base : end - self._base] = data
+            if end <= self._end:  # the usual line: it fits in the window mapped
+                base = self._base
+                self._map[pos - base : end - base] = data  # type: ignore[index]
+                self._pos = end
             else:
-                os.pwrite(self._fd, data, pos)
-            self._pos = end
+                self._write_past(data, pos, end)
+
+    def _write_past(self, data: bytes, pos: int, end: int) -> None:
+        """:meth:`write` a line the window does not hold (the lock is held)."""
+        if self._closed:
+            return
+        if self._map is not None:
+            try:
+                self._map_window(pos, len(data))
+            except (OSError, ValueError):
+                self._fall_back()
+        if self._map is not None:
+            self._map[pos - self._base : end - self._base] = data
+        else:
+            os.pwrite(self._fd, data, pos)
+        self._pos = end
 
     def forget(self) -> None:
         """In a forked child: let go of the parent's journal (its lock, which the child
@@ -181,6 +188,7 @@ class Journal(_Acks):
             self._acks = None
 
     def _unmap(self) -> None:
+        self._end = -1
         if self._map is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._map.close()

@@ -70,6 +70,8 @@ class _Stamps:
     def __init__(self) -> None:
         # (second, "YYYY-MM-DDTHH:MM:SS", "+HH:MM"), replaced as a whole: thread-safe.
         self._cache: tuple[int, str, str] = (-1, "", "")
+        # The same as bytes, for ascii().
+        self._ascii: tuple[int, bytes, bytes] = (-1, b"", b"")
 
     def __call__(self, micros: int) -> str:
         second, fraction = divmod(micros, 1_000_000)
@@ -87,9 +89,22 @@ class _Stamps:
             self._cache = cache
         return f"{cache[1]}.{fraction:06d}{cache[2]}"
 
+    def ascii(self, micros: int) -> bytes:
+        """``stamp(micros)`` as ASCII bytes, for JSON written as bytes."""
+        second, fraction = divmod(micros, 1_000_000)
+        cache = self._ascii
+        if second != cache[0]:
+            self(micros)
+            text = self._cache
+            cache = self._ascii = (second, text[1].encode("ascii"), text[2].encode("ascii"))
+        return b"%b.%06d%b" % (cache[1], fraction, cache[2])
 
-stamp = _Stamps()
+
+_stamps = _Stamps()
+stamp = _stamps
 """``stamp(micros)``: ``rfc3339`` of a time given as whole microseconds since the epoch."""
+stamp_ascii = _stamps.ascii
+"""``stamp_ascii(micros)``: ``stamp(micros)`` as ASCII bytes."""
 
 
 def epoch_micros(epoch: float) -> int:
@@ -187,6 +202,14 @@ def record_bytes(seq: int, type: str, regression: str, body: bytes) -> bytes:
             f',"type":{dumps(type)},"regression":{dumps(regression)},"body":'
         )
     return b'{"seq":%d%b%b}' % (seq, head, body)
+
+
+def record_line(seq: int, type: str, regression: str, body: bytes) -> bytes:
+    """:func:`record_bytes` and the newline that ends it in a journal."""
+    head = _record_heads.get((type, regression))
+    if head is None:
+        return record_bytes(seq, type, regression, body) + b"\n"
+    return b'{"seq":%d%b%b}\n' % (seq, head, body)
 
 
 class Envelope:

@@ -19,14 +19,22 @@ import re
 import shlex
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import pytest
 
 from pytest_simscope.failures import fail_message, first_line
-from pytest_simscope.identity import SeenHashes, StartClock, job_slug, make_uniqueid, safe_slug
+from pytest_simscope.identity import (
+    SeenHashes,
+    StartClock,
+    job_slug,
+    make_uniqueid,
+    plain_uniqueid,
+    safe_slug,
+)
 from pytest_simscope.messages import (
     DATA_ATTR,
     MAX_JOB_MS,
@@ -38,9 +46,18 @@ from pytest_simscope.messages import (
     epoch_micros,
     metadata_pairs,
     stamp,
+    stamp_ascii,
 )
 from pytest_simscope.redact import mask_urls, redact
 from pytest_simscope.settings import Resolved
+
+
+class _Local(Protocol):
+    """What the reporter asks of :class:`~pytest_simscope.plugin.LocalTests`."""
+
+    with_metadata: dict[str, Any]
+
+    def data(self, report: Any) -> dict[str, Any] | None: ...
 
 
 class Sink(Protocol):
@@ -63,12 +80,26 @@ def _json(text: str) -> bytes:
     return encode(_json_string(text))
 
 
+# A report with any of these is not the usual one (an xdist worker's, or carrying the
+# data of a marker or metadata): see SimscopeReporter.take.
+_UNUSUAL = frozenset(("node", "worker_id", DATA_ATTR))
+# What a report without keywords is taken for: marked (the general way).
+_MARKED = ("simscope",)
+# Later than any time a report could carry (the year 5138): NaN and infinities are not
+# before it.
+_FAR = 1e11
+
 _PHASE_PREFIX = {"setup": "setup error: ", "teardown": "teardown error: ", "subtest": ""}
 
 
 class _Open:
-    """A job that has started and not finished yet (one per running test: kept small)."""
+    """A job that has started and not finished yet (one per running test).
 
+    Its collections start as shared empty ones and are replaced, never changed in place:
+    the usual job allocates none.
+    """
+
+    # Slots: an attribute a job does not have on its own would be looked up the slow way.
     __slots__ = (
         "called",
         "category",
@@ -91,6 +122,7 @@ class _Open:
         "subtests",
         "testgroup",
         "uniqueid",
+        "usual",
         "worker",
         "xfail",
     )
@@ -112,29 +144,34 @@ class _Open:
         # Its start_time, unique in the run (see StartClock): may be a little after
         # start_epoch, and the finish_time is never before it.
         self.start_micros = start_micros
-        self.start_time = stamp(start_micros)
+        self.start_time = stamp_ascii(start_micros)  # as JSON bytes need it
         self.category = category
         self.testgroup = testgroup
         # Its live job was published (its setup did not skip).
         self.live_sent = False
-        # The JSON of its body before and after the result (see SimscopeReporter._raw).
+        # The JSON of its body before and after the result (see SimscopeReporter._job_json).
         self.raw: tuple[bytes, bytes] | None = None
+        # The usual job's parts of its bodies (see SimscopeReporter._send_usual_live).
+        self.usual: tuple[bytes, bytes, bytes, bytes] | None = None
         self.reruns = 0
-        self.subtests: dict[str, int] = {}
+        self.subtests: Mapping[str, int] = _NO_SUBTESTS
         self.outcome = "passed"  # of the current attempt: passed, failed, skipped
         self.xfail = ""  # "xfailed" / "xpassed"
         self.skip_reason = ""
-        self.failures: list[tuple[str, Any]] = []
+        self.failures: Sequence[tuple[str, Any]] = ()
         self.duration = 0.0
         self.stop_epoch = 0.0
-        self.metadata: list[tuple[str, str]] = []
-        self.sections: list[tuple[str, str]] = []
+        self.metadata: Sequence[tuple[str, str]] = ()
+        self.sections: Sequence[tuple[str, str]] = ()
         self.last_report: Any = None
         # pytest-rerunfailures asked for another attempt: the next teardown report ends
         # that attempt, not the job, and the next setup report starts the attempt afresh.
         self.rerun_pending = False
         # The current attempt's call was reported (see SimscopeReporter._ends).
         self.called = False
+
+
+_NO_SUBTESTS: Mapping[str, int] = MappingProxyType({})
 
 
 def _worker_of(extra: dict[str, Any]) -> str | None:
@@ -220,8 +257,11 @@ class SimscopeReporter:
         dist_each: bool = False,
         secrets: Sequence[str] = (),
         raw_bodies: bool = False,
+        local: _Local | None = None,
     ) -> None:
         self.secrets = list(secrets)
+        # The marker fields and metadata of the tests this process runs (see take()).
+        self._local = local
         self.config = config
         self.settings = resolved.settings
         self.resolved = resolved
@@ -256,6 +296,7 @@ class SimscopeReporter:
         self._base_metadata = list(self.settings.metadata)
         self._build = self.settings.build
         self._category = str(self.settings.category)
+        self._testgroup_rule = self.settings.testgroup
         # Job bodies are written as JSON from parts encoded once per job or per run.
         # raw_bodies: the sink only needs their bytes (a courier reads them back); else
         # (a pytest_simscope_job hook, delivery in this process) they are parsed back.
@@ -280,6 +321,38 @@ class SimscopeReporter:
             self.jobdir_root = Path(self.settings.jobdir_root).expanduser()
             if not self.jobdir_root.is_absolute():
                 self.jobdir_root = config.invocation_params.dir / self.jobdir_root
+        # The usual passed test of this process is written without the general path: its
+        # job bodies only as bytes, straight into the sink's journal, no job log to write.
+        write_for = getattr(publisher, "raw_writer", None)
+        self._plain = (
+            self._publish_raw is not None and self.jobdir_root is None and write_for is not None
+        )
+        if self._plain:
+            assert write_for is not None
+            self._write_live = write_for("job-live", self.regression)
+            self._write_finish = write_for("job-finish", self.regression)
+            # The bodies of the usual job, as %-templates of its uniqueid, start_time,
+            # config and testgroup (and, finished, its times): see _send_usual_live.
+            head = self._raw_head(self._category).replace(b"%", b"%%")
+            run = self._raw_run.replace(b"%", b"%%")
+            meta = self._raw_meta.replace(b"%", b"%%")
+            fields = b'%b,"result":"RESULT","start_time":"%b","config":%b%b' + run
+            self._live_usual = head + fields.replace(b"RESULT", b"live") + meta + b"}"
+            self._pass_usual = (
+                head
+                + fields.replace(b"RESULT", b"pass")
+                + b',"compute_ms":%d,"runtime_ms":%d,"finish_time":"%b","fail_message":""'
+                + meta
+                + b"}"
+            )
+        else:
+            # No way of its own for the usual report: a pytest_simscope_job hook, delivery
+            # in this process or job logs need it the general way, and so do the reports
+            # of --dist each, whose tests are counted by worker.
+            self.take = self._take_other  # type: ignore[method-assign]
+        if dist_each:
+            self.take = self._take_other  # type: ignore[method-assign]
+        self._with_metadata: Mapping[str, Any] = local.with_metadata if local is not None else {}
 
     # -- regression ----------------------------------------------------------------------
 
@@ -358,8 +431,13 @@ class SimscopeReporter:
     def _testgroup(self, nodeid: str, data: dict[str, Any]) -> str | None:
         if data.get("testgroup"):
             return str(data["testgroup"])
-        rule = self.settings.testgroup
+        return self._testgroup_by_rule(nodeid)
+
+    def _testgroup_by_rule(self, nodeid: str) -> str | None:
+        rule = self._testgroup_rule
         path, _, rest = nodeid.partition("::")
+        if rule == "file":
+            return path
         if rule == "none":
             return None
         if rule == "dir":
@@ -385,7 +463,9 @@ class SimscopeReporter:
             shard=self.shard,
             occurrence=count,
         )
-        start = getattr(report, "start", 0.0) or time.time()
+        start = getattr(report, "start", None)
+        if not isinstance(start, (int, float)) or not 0 < start < _FAR:
+            start = time.time()
         job = _Open(
             nodeid,
             key[0],
@@ -398,23 +478,34 @@ class SimscopeReporter:
         self._open[key] = job
         return job
 
+    def _raw_head(self, category: str) -> bytes:
+        """The JSON a job body of *category* starts with, up to its uniqueid's value."""
+        head = self._raw_heads.get(category)
+        if head is None:
+            head = self._raw_heads[category] = b'{"category":' + _json(category) + b',"uniqueid":'
+        return head
+
     def _job_json(self, job: _Open) -> tuple[bytes, bytes]:
         """The JSON of *job*'s body before the result's value and after it (made once a
         job): category, uniqueid, then start_time, config, testgroup, host, build, seed."""
         raw = job.raw
         if raw is None:
-            head = self._raw_heads.get(job.category)
-            if head is None:
-                head = self._raw_heads[job.category] = (
-                    b'{"category":' + _json(job.category) + b',"uniqueid":'
-                )
-            tail = b',"start_time":"%b","config":%b' % (
-                job.start_time.encode("ascii"), _json(_clean_str(job.nodeid))
+            head = self._raw_head(job.category)
+            nodeid = job.nodeid
+            uniqueid = _json(job.uniqueid)
+            # The usual node id is its own uniqueid, and clean: one JSON string for both.
+            if job.uniqueid is nodeid and nodeid.isascii() and "\x00" not in nodeid:
+                config = uniqueid
+            else:
+                config = _json(_clean_str(nodeid))
+            testgroup = job.testgroup
+            tail = b',"start_time":"%b","config":%b%b%b' % (
+                job.start_time,
+                config,
+                b',"testgroup":' + _json(_clean_str(testgroup)) if testgroup else b"",
+                self._raw_run,
             )
-            if job.testgroup:
-                tail += b',"testgroup":' + _json(_clean_str(job.testgroup))
-            tail += self._raw_run
-            raw = job.raw = (head + _json(job.uniqueid) + b',"result":', tail)
+            raw = job.raw = (head + uniqueid + b',"result":', tail)
         return raw
 
     def _publish_job(self, kind: MessageType, body: dict[str, Any], report: Any) -> None:
@@ -442,41 +533,124 @@ class SimscopeReporter:
         raw = b"".join((head, b'"live"', tail, self._raw_meta, b"}"))
         self._publish_job_json("job-live", raw, report)
 
+    def take(self, report: Any) -> None:
+        """Take one report of the session (the plugin's hook calls this, three times a test).
+
+        The usual report, a passed phase of a test this process ran, with no marker and no
+        metadata, is taken here in as few steps as can be: its instance dict is read
+        directly (a missing attribute through getattr() costs an exception), and the
+        test's job is opened, made live and finished from templates, straight into the
+        journal (``_plain``).  Anything else goes to :meth:`logreport`.
+        """
+        if type(report) is _TestReport:
+            extra = report.__dict__
+            if extra.get("outcome") == "passed" and _UNUSUAL.isdisjoint(extra):
+                when = extra.get("when")
+                key: tuple[str | None, str] = (None, report.nodeid)
+                if when == "call":
+                    job = self._open.get(key)
+                    if job is not None:
+                        self._took_usual(job, report, extra)
+                        job.called = True
+                        if extra.get("wasxfail") is not None:
+                            job.xfail = "xpassed"
+                        return
+                elif when == "setup":
+                    if key not in self._open and "simscope" not in extra.get("keywords", _MARKED):
+                        job = self._open_usual(report, key, extra)
+                        self._took_usual(job, report, extra)
+                        self._send_usual_live(job)
+                        return
+                elif when == "teardown":
+                    job = self._open.get(key)
+                    if (
+                        job is not None
+                        and "simscope" not in extra.get("keywords", _MARKED)
+                        and key[1] not in self._with_metadata
+                    ):
+                        self._took_usual(job, report, extra)
+                        if job.called and not job.rerun_pending:
+                            if job.outcome == "passed" and not (
+                                job.xfail or job.reruns or job.subtests or job.metadata
+                            ):
+                                self._finish_pass(key, job)
+                            else:
+                                self._finish(key, job)
+                        elif self._ends(job):
+                            self._finish(key, job)
+                        return
+        self._take_other(report)
+
+    def _take_other(self, report: Any) -> None:
+        """:meth:`take` for any report, the general way (what take() is, where the usual
+        report has no way of its own: see __init__)."""
+        local = self._local
+        self.logreport(report, local.data(report) if local is not None else None)
+
+    def _took_usual(self, job: _Open, report: Any, extra: dict[str, Any]) -> None:
+        """:meth:`_took` for a pytest TestReport of the usual kind (``_plain``: no job log,
+        so no output to keep)."""
+        duration = extra.get("duration")
+        stop = extra.get("stop")
+        if duration.__class__ is float and stop.__class__ is float and 0.0 < stop < _FAR:
+            job.duration += duration
+            job.stop_epoch = stop
+        else:
+            self._took(job, report, extra)
+
+    def _open_usual(
+        self, report: Any, key: tuple[str | None, str], extra: dict[str, Any]
+    ) -> _Open:
+        """:meth:`_open_job` for a test of this process that has no marker (*extra*: the
+        instance dict of its setup report)."""
+        nodeid = key[1]
+        if self._seen.add(nodeid):
+            return self._open_job(report, key, {})  # it ran before: counted by name
+        uniqueid = (
+            make_uniqueid(nodeid, shard=self.shard) if self.shard else plain_uniqueid(nodeid)
+        )
+        start = extra.get("start")
+        if start.__class__ is not float or not 0.0 < start < _FAR:
+            start = time.time()
+        job = _Open(
+            nodeid,
+            None,
+            uniqueid,
+            start,
+            self._clock.claim_micros(start),
+            self._category,
+            self._testgroup_by_rule(nodeid),
+        )
+        self._open[key] = job
+        return job
+
+    def _send_usual_live(self, job: _Open) -> None:
+        """:meth:`_send_live` for a job of the run's category (``_plain``): its body from a
+        template, written straight to the journal; its parts kept for its finish."""
+        job.live_sent = True
+        nodeid = job.nodeid
+        uniqueid = _json(job.uniqueid)
+        # The usual node id is its own uniqueid, and clean: one JSON string for both.
+        if job.uniqueid is nodeid and nodeid.isascii() and "\x00" not in nodeid:
+            config = uniqueid
+        else:
+            config = _json(_clean_str(nodeid))
+        testgroup = job.testgroup
+        parts = job.usual = (
+            uniqueid,
+            job.start_time,
+            config,
+            b',"testgroup":' + _json(_clean_str(testgroup)) if testgroup else b"",
+        )
+        self._write_live(self._live_usual % parts)
+
     def logreport(self, report: pytest.TestReport, local: dict[str, Any] | None = None) -> None:
-        """Take one report; *local*: its marker fields and metadata when this process ran
-        the test (an xdist worker's report carries them as an attribute instead)."""
-        # Called three times for every test: attributes are read from the instance dict
-        # where possible (a missing attribute through getattr() costs an exception).
+        """Take one report the general way; *local*: its marker fields and metadata when
+        this process ran the test (an xdist worker's report carries them as an attribute
+        instead)."""
         extra = getattr(report, "__dict__", None)
         if not isinstance(extra, dict):
             extra = {}
-        elif (
-            type(report) is _TestReport
-            and local is None
-            and extra.get("outcome") == "passed"
-            and "node" not in extra
-            and "worker_id" not in extra
-            and DATA_ATTR not in extra
-        ):
-            # The usual report: this process's test passed a phase.
-            when = extra.get("when")
-            key: tuple[str | None, str] = (None, report.nodeid)
-            job = self._open.get(key)
-            if when == "setup":
-                # A new test (a rerun attempt's setup takes the long way).
-                job = self._open_job(report, key, {}) if job is None else None
-            if job is not None and (when == "call" or when == "teardown" or when == "setup"):
-                self._took(job, report, extra)
-                if when == "teardown":
-                    if (job.called and not job.rerun_pending) or self._ends(job):
-                        self._finish(key, job)
-                elif when == "setup":
-                    self._send_live(job, report)
-                else:
-                    job.called = True
-                    if extra.get("wasxfail") is not None:
-                        job.xfail = "xpassed"
-                return
         worker = _worker_of(extra) if "node" in extra or "worker_id" in extra else None
         key = (worker, report.nodeid)
         when = str(report.when)  # not only pytest's three: "???" (a crash), a plugin's own
@@ -543,12 +717,12 @@ class SimscopeReporter:
             job.rerun_pending = False
             job.called = False
             job.outcome = "passed"
-            job.failures = []
+            job.failures = ()
             job.xfail = ""
             job.skip_reason = ""
-            job.metadata = []
-            job.sections = []
-            job.subtests = {}
+            job.metadata = ()
+            job.sections = ()
+            job.subtests = _NO_SUBTESTS
         # Not only pytest's three outcomes: pytest-rerunfailures adds "rerun".
         outcome: str = str(report.outcome)
         if outcome == "rerun":  # pytest-rerunfailures' own outcome
@@ -560,10 +734,10 @@ class SimscopeReporter:
         if subtest:
             # A subtest is part of its test's job: a failing one fails the job, the others
             # are counted; none of them ends the test or changes its own outcome.
-            job.subtests[outcome] = job.subtests.get(outcome, 0) + 1
+            job.subtests = {**job.subtests, outcome: job.subtests.get(outcome, 0) + 1}
             if outcome == "failed":
                 job.outcome = "failed"
-                job.failures.append(("subtest", report))
+                job.failures = [*job.failures, ("subtest", report)]
             return
         self._took(job, report, extra)
         if when != "setup" and when != "teardown":  # a call (or a plugin's own phase)
@@ -571,13 +745,14 @@ class SimscopeReporter:
         if data:
             added = data.get("metadata")
             if added:
-                job.metadata.extend(metadata_pairs(added))
+                job.metadata = [*job.metadata, *metadata_pairs(added)]
             if when == "setup" and not job.live_sent:
                 # The job opened on an earlier report (a subtest's, before
                 # pytest-rerunfailures handed on the setup report): the marker's fields.
                 job.category = self._category_of(data)
                 job.testgroup = self._testgroup(job.nodeid, data)
                 job.raw = None
+                job.usual = None
         if outcome == "passed":
             if when == "setup":
                 if not job.live_sent:
@@ -597,7 +772,7 @@ class SimscopeReporter:
                 self._send_live(job, report)
         if outcome == "failed":
             job.outcome = "failed"
-            job.failures.append((when, report))
+            job.failures = [*job.failures, (when, report)]
         elif outcome == "skipped" and when == "call":
             if wasxfail is not None:
                 job.xfail = "xfailed"
@@ -617,7 +792,7 @@ class SimscopeReporter:
             job.skip_reason = _crash_summary(report.longrepr)
         elif outcome != "passed":
             job.outcome = "failed"
-            job.failures.append(("crash", report))
+            job.failures = [*job.failures, ("crash", report)]
 
     def _took(self, job: _Open, report: Any, extra: dict[str, Any]) -> None:
         """A phase of *job* ended with *report*: its time, and the output captured."""
@@ -630,7 +805,7 @@ class SimscopeReporter:
         stop = extra.get("stop")
         if stop is None:
             stop = getattr(report, "stop", None)
-        job.stop_epoch = stop if isinstance(stop, (int, float)) and stop else time.time()
+        job.stop_epoch = stop if isinstance(stop, (int, float)) and 0 < stop < _FAR else time.time()
         if self.jobdir_root is not None:
             # Each report carries every section captured so far for the test.
             sections = getattr(report, "sections", ()) or ()
@@ -659,9 +834,9 @@ class SimscopeReporter:
         stop = job.stop_epoch or time.time()
         compute = runtime = -1
         if result != "skip":
-            compute = min(MAX_JOB_MS, max(0, round(job.duration * 1000)))
-            runtime = min(MAX_JOB_MS, max(compute, round((stop - start) * 1000)))
-        finish_time = stamp(max(epoch_micros(stop), job.start_micros))
+            compute = _ms(job.duration)
+            runtime = max(compute, _ms(stop - start))
+        finish_time = stamp_ascii(max(epoch_micros(stop), job.start_micros))
         message = self._failure_text(job, why) if result == "fail" else ""
         metadata = self._job_metadata(job, result)
         jobdir = self._write_log(job, message) if self.jobdir_root is not None else None
@@ -671,7 +846,7 @@ class SimscopeReporter:
         parts = [head, _RESULTS[result], tail]
         if compute >= 0:
             parts.append(b',"compute_ms":%d,"runtime_ms":%d' % (compute, runtime))
-        parts.append(b',"finish_time":"%b","fail_message":' % finish_time.encode("ascii"))
+        parts.append(b',"finish_time":"%b","fail_message":' % finish_time)
         parts.append(_json(message) if message else b'""')
         if metadata:
             pairs = self._base_metadata + metadata
@@ -682,6 +857,26 @@ class SimscopeReporter:
             parts.append(b',"jobdir":' + _json(jobdir))
         parts.append(b"}")
         self._publish_job_json("job-finish", b"".join(parts), job.last_report)
+
+    def _finish_pass(self, key: tuple[str | None, str], job: _Open) -> None:
+        """:meth:`_finish` for the usual job (``_plain``): it passed with nothing to add,
+        its body from the template its live job was made with."""
+        parts = job.usual
+        if parts is None:  # its live job went the general way
+            self._finish(key, job)
+            return
+        stop = job.stop_epoch  # a time take() checked
+        micros = round(stop * 1_000_000)
+        if micros < job.start_micros:
+            micros = job.start_micros
+        compute = _ms(job.duration)
+        runtime = _ms(stop - job.start_epoch)
+        if runtime < compute:
+            runtime = compute
+        del self._open[key]
+        self._finished += 1
+        self._results["pass"] += 1
+        self._write_finish(self._pass_usual % (*parts, compute, runtime, stamp_ascii(micros)))
 
     def _publish_job_json(self, kind: MessageType, raw: bytes, report: Any) -> None:
         """Publish a job message whose body is *raw* JSON: as it is when only its bytes
@@ -837,6 +1032,16 @@ class SimscopeReporter:
     @property
     def results(self) -> dict[str, int]:
         return dict(self._results)
+
+
+def _ms(seconds: float) -> int:
+    """*seconds* as whole milliseconds from 0 to MAX_JOB_MS (NaN: 0)."""
+    if 0.0 <= seconds < _MAX_SECONDS:
+        return round(seconds * 1000)
+    return MAX_JOB_MS if seconds >= _MAX_SECONDS else 0
+
+
+_MAX_SECONDS = MAX_JOB_MS / 1000
 
 
 def _digest(text: str) -> str:

@@ -279,6 +279,7 @@ class SimscopePlugin:
                 secrets=self._secrets,
                 # A courier reads the journal back: only the bytes of each job count.
                 raw_bodies=isinstance(self.publisher, courier.CourierFront),
+                local=self.local,
             )
             self.reporter.start()
         except Exception as exc:  # publishing must never stop the tests
@@ -319,7 +320,7 @@ class SimscopePlugin:
         if reporter is None:
             return
         try:
-            reporter.logreport(report, self.local.data(report))
+            reporter.take(report)
         except Exception as exc:
             self._internal_error("test report", exc)
 

@@ -857,3 +857,76 @@ def test_a_failed_doctest_is_summed_up_by_its_example(
         ),
         "mod.py::mod.wrong": 'DocTestFailure: mod.py:9: >>> "a"',
     }
+
+
+ODD_REPORTS_CONFTEST = """
+import math
+import pytest
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    name = item.name
+    if name == "test_text_duration":
+        report.duration = "slow"
+    elif name == "test_nan_times":
+        report.duration = math.nan
+        report.stop = math.nan
+    elif name == "test_no_stop":
+        report.stop = None
+    elif name == "test_infinite_start" and call.when == "setup":
+        report.start = math.inf
+    elif name == "test_huge_duration" and call.when == "call":
+        report.duration = 1e300
+    elif name == "test_keyword_list":
+        report.keywords = ["test_keyword_list"]
+    elif name == "test_no_keywords":
+        del report.keywords
+"""
+
+
+def test_odd_report_values_and_percent_signs_publish_usual_jobs(
+    pytester: pytest.Pytester,
+) -> None:
+    """Reports a plugin changed (text, NaN, infinite or missing times, keywords that are
+    not a dict) and '%' in the run's fields: every test still gets its live and pass job,
+    with times a server takes."""
+    pytester.makeconftest(ODD_REPORTS_CONFTEST)
+    names = [
+        "text_duration", "nan_times", "no_stop", "infinite_start", "huge_duration",
+        "keyword_list", "no_keywords", "plain",
+    ]
+    percent = "test_odd.py::test_percent[%s_%d_%%]"
+    pytester.makepyfile(
+        test_odd="import pytest\n\n"
+        + "\n".join(f"def test_{name}():\n    pass\n" for name in names)
+        + '\n@pytest.mark.parametrize("x", [1], ids=["%s_%d_%%"])\n'
+        + "def test_percent(x):\n    pass\n"
+    )
+    result, records = recorded(
+        pytester,
+        "--simscope-build=50%d%%s",
+        "--simscope-category=cat%b",
+        "-o",
+        "simscope_metadata=owner=%(x)s 100%",
+    )
+
+    result.assert_outcomes(passed=len(names) + 1)
+    assert_clean(records)
+    jobs = {body["config"]: body for body in finished(records).values()}
+    assert sorted(jobs) == sorted([*(f"test_odd.py::test_{name}" for name in names), percent])
+    lives = {body["config"]: body for body in bodies(records, "job-live")}
+    assert sorted(lives) == sorted(jobs)
+    assert jobs[percent]["uniqueid"] != percent  # escaped
+    for nodeid, body in jobs.items():
+        assert body["result"] == "pass"
+        assert body["build"] == "50%d%%s"
+        assert body["category"] == "cat%b"
+        assert body["uniqueid"] == lives[nodeid]["uniqueid"]
+        assert ["owner", "%(x)s 100%"] in body["metadata"]
+        assert lives[nodeid]["build"] == "50%d%%s"
+        assert 0 <= body["compute_ms"] <= body["runtime_ms"]
+        assert body["finish_time"] >= body["start_time"]
+    assert jobs["test_odd.py::test_huge_duration"]["compute_ms"] == 24 * 24 * 3600 * 1000 - 1
+    assert jobs["test_odd.py::test_nan_times"]["compute_ms"] == 0
