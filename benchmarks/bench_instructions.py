@@ -39,6 +39,7 @@ Usage::
     python benchmarks/bench_instructions.py --tests 500 --only amqp --jobs 2
     python benchmarks/bench_instructions.py --sizes 1000          # one size: no split
     python benchmarks/bench_instructions.py --snapshot HEAD       # the committed package
+    python benchmarks/bench_instructions.py --no-gc               # without the cyclic GC
 """
 
 from __future__ import annotations
@@ -103,7 +104,9 @@ class Count:
     check: str
 
 
-def child_env(pycache: Path, snapshot: Path | None = None) -> dict[str, str]:
+def child_env(
+    pycache: Path, snapshot: Path | None = None, no_gc: Path | None = None
+) -> dict[str, str]:
     """bench_overhead's clean environment, with a fixed hash seed for repeatable counts, a
     bytecode cache of our own, and the *snapshot* of the package first on the path when
     there is one.
@@ -117,11 +120,23 @@ def child_env(pycache: Path, snapshot: Path | None = None) -> dict[str, str]:
     env["PYTHONHASHSEED"] = "0"
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = str(pycache)
-    if snapshot is not None:
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(snapshot), env.get("PYTHONPATH", "")) if p
-        )
+    first = [str(p) for p in (snapshot, no_gc) if p is not None]
+    if first:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (*first, env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def write_no_gc(folder: Path) -> Path:
+    """A folder whose ``sitecustomize`` turns the cyclic garbage collector off.
+
+    A full collection walks every object pytest holds (tens of millions of instructions by
+    the end of a run); whether one falls in the run of one size or the other moves the
+    per-test slope by tens of thousands of instructions.  Without the collector the counts
+    are the work itself.
+    """
+    folder.mkdir(parents=True)
+    (folder / "sitecustomize.py").write_text("import gc\n\ngc.disable()\n", encoding="utf-8")
+    return folder
 
 
 def export_snapshot(rev: str, dest: Path) -> str:
@@ -224,7 +239,8 @@ class Instructions:
             self.snapshot = workdir / "snapshot"
             rev = export_snapshot(args.snapshot, self.snapshot)
             self.code = f"{rev} (pytest_simscope exported with git archive)"
-        self.env = child_env(workdir / "pycache", self.snapshot)
+        no_gc = write_no_gc(workdir / "no_gc") if args.no_gc else None
+        self.env = child_env(workdir / "pycache", self.snapshot, no_gc)
         self._lock = threading.Lock()
         self._serial = 0
 
@@ -450,6 +466,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         " instead of the working tree that others may be editing",
     )
     parser.add_argument("--json", type=Path, help="also write the table and the counts here")
+    parser.add_argument(
+        "--no-gc",
+        action="store_true",
+        help="children run with the cyclic garbage collector off (a steadier per-test slope)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
     args.only = args.only or list(VARIANTS)
@@ -475,6 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Instructions(args, workdir) as bench:
             sizes = " and ".join(str(n) for n in args.sizes)
             print(f"# code: {bench.code}", flush=True)
+            if args.no_gc:
+                print("# garbage collector: off in the children (--no-gc)", flush=True)
             print(
                 f"# pytest-simscope instructions: {sizes} trivial tests;"
                 f" {', '.join(bench.variants)}; {version} (callgrind);"
