@@ -490,22 +490,14 @@ class SimscopeReporter:
         job): category, uniqueid, then start_time, config, testgroup, host, build, seed."""
         raw = job.raw
         if raw is None:
-            head = self._raw_head(job.category)
-            nodeid = job.nodeid
-            uniqueid = _json(job.uniqueid)
-            # The usual node id is its own uniqueid, and clean: one JSON string for both.
-            if job.uniqueid is nodeid and nodeid.isascii() and "\x00" not in nodeid:
-                config = uniqueid
-            else:
-                config = _json(_clean_str(nodeid))
-            testgroup = job.testgroup
+            uniqueid, start_time, config, testgroup = self._json_parts(job)
             tail = b',"start_time":"%b","config":%b%b%b' % (
-                job.start_time,
+                start_time,
                 config,
-                b',"testgroup":' + _json(_clean_str(testgroup)) if testgroup else b"",
+                testgroup,
                 self._raw_run,
             )
-            raw = job.raw = (head + uniqueid + b',"result":', tail)
+            raw = job.raw = (self._raw_head(job.category) + uniqueid + b',"result":', tail)
         return raw
 
     def _publish_job(self, kind: MessageType, body: dict[str, Any], report: Any) -> None:
@@ -624,10 +616,10 @@ class SimscopeReporter:
         self._open[key] = job
         return job
 
-    def _send_usual_live(self, job: _Open) -> None:
-        """:meth:`_send_live` for a job of the run's category (``_plain``): its body from a
-        template, written straight to the journal; its parts kept for its finish."""
-        job.live_sent = True
+    @staticmethod
+    def _json_parts(job: _Open) -> tuple[bytes, bytes, bytes, bytes]:
+        """The JSON of *job*'s uniqueid, its start_time's value, its config, and its
+        testgroup with the key (or nothing)."""
         nodeid = job.nodeid
         uniqueid = _json(job.uniqueid)
         # The usual node id is its own uniqueid, and clean: one JSON string for both.
@@ -636,12 +628,18 @@ class SimscopeReporter:
         else:
             config = _json(_clean_str(nodeid))
         testgroup = job.testgroup
-        parts = job.usual = (
+        return (
             uniqueid,
             job.start_time,
             config,
             b',"testgroup":' + _json(_clean_str(testgroup)) if testgroup else b"",
         )
+
+    def _send_usual_live(self, job: _Open) -> None:
+        """:meth:`_send_live` for a job of the run's category (``_plain``): its body from a
+        template, written straight to the journal; its parts kept for its finish."""
+        job.live_sent = True
+        parts = job.usual = self._json_parts(job)
         self._write_live(self._live_usual % parts)
 
     def logreport(self, report: pytest.TestReport, local: dict[str, Any] | None = None) -> None:
