@@ -21,6 +21,13 @@ Every plugin run is also checked: each test has exactly one ``job-finish`` (elem
 ``batch-job-finish`` counted) in what the broker holds plus what the offline queue holds,
 with one ``regr-start`` and one ``regr-finish``.
 
+Every child gets ``BENCH_LAYOUT_PAD`` in its environment, so long that its command line
+and environment take the same number of bytes as every other variant's in the same round,
+a number drawn at random for each round.  Their size moves where a process's stack
+starts: on this machine two command lines a dozen bytes apart (bare's ``-p
+no:simscope``) ran the same instructions 1.2 to 1.6 times apart, round after round.  So
+the variants of a round share one layout, and the rounds spread over many.
+
 Usage::
 
     python benchmarks/bench_overhead.py                   # 5 rounds, everything
@@ -33,6 +40,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import statistics
@@ -154,13 +162,32 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+# The bytes every child's command line and environment take (see the module docstring):
+# drawn again for each round by new_layout().
+_LAYOUT = {"bytes": 16384}
+
+
+def new_layout() -> None:
+    """Draw the size the children's command lines and environments take from now on."""
+    _LAYOUT["bytes"] = 16384 + random.randrange(0, 4096, 8)
+
+
+def layout_env(argv: Sequence[str]) -> dict[str, str]:
+    """clean_env() padded so that *argv* and it take the round's number of bytes."""
+    env = clean_env()
+    used = sum(len(os.fsencode(a)) + 1 for a in argv)
+    used += sum(len(os.fsencode(k)) + len(os.fsencode(v)) + 2 for k, v in env.items())
+    name = "BENCH_LAYOUT_PAD"
+    env[name] = "." * max(0, _LAYOUT["bytes"] - used - len(name) - 2)
+    return env
+
+
 def run_child(argv: Sequence[str], cwd: Path, timeout: float = RUN_TIMEOUT) -> Run:
     """Run *argv*, measuring wall time and the child's own rusage (``os.wait4``)."""
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(
-            list(argv), cwd=cwd, env=clean_env(), stdout=out, stderr=subprocess.STDOUT
-        )
+        env = layout_env(argv)
+        proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         watchdog = threading.Timer(timeout, proc.kill)
         watchdog.start()
         peaks: dict[int, int] = {}
@@ -601,6 +628,7 @@ class Overhead:
                     warm = self.run_one(suite, variant)
                     print(f"warm-up {suite:8} {variant:8} {warm.run.wall:7.3f} s", flush=True)
         for index in range(rounds):
+            new_layout()
             for suite in self.suites:
                 k = index % len(self.variants)
                 order = self.variants[k:] + self.variants[:k]
