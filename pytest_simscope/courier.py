@@ -49,7 +49,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_simscope.journal import Journal, JournalTail, Unfinished, _read_acked, mark_closed
-from pytest_simscope.messages import Envelope, MessageType, record_bytes, record_line
+from pytest_simscope.messages import (
+    Envelope,
+    MessageType,
+    record_head,
+    record_line,
+)
 from pytest_simscope.publisher import JournalLike, Publisher, PublishStats
 from pytest_simscope.transports.base import Transport
 
@@ -414,7 +419,7 @@ class CourierFront:
     def raw_writer(self, kind: MessageType, regression: str) -> Callable[[bytes], None]:
         """``publish_raw`` for one kind of message of one regression, its record's head
         made once: the reporter's usual jobs, twice a test."""
-        head = record_bytes(0, kind, regression, b"")[len(b'{"seq":0') : -1]
+        head = record_head(kind, regression)
         write = self.journal.write
 
         def publish(body: bytes) -> None:

@@ -108,17 +108,6 @@ def make_uniqueid(
     return _bounded(text)
 
 
-def plain_uniqueid(nodeid: str) -> str:
-    """``make_uniqueid(nodeid)``: the first job of a node id, no worker, no shard."""
-    if (
-        nodeid.find(":") == nodeid.find("::", 1)
-        and not _NEEDS_ESCAPE.search(nodeid)
-        and 0 < len(nodeid) <= MAX_UNIQUEID
-    ):
-        return nodeid
-    return make_uniqueid(nodeid)
-
-
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 

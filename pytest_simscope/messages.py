@@ -100,10 +100,9 @@ class _Stamps:
         return b"%b.%06d%b" % (cache[1], fraction, cache[2])
 
 
-_stamps = _Stamps()
-stamp = _stamps
+stamp = _Stamps()
 """``stamp(micros)``: ``rfc3339`` of a time given as whole microseconds since the epoch."""
-stamp_ascii = _stamps.ascii
+stamp_ascii = stamp.ascii
 """``stamp_ascii(micros)``: ``stamp(micros)`` as ASCII bytes."""
 
 
@@ -192,24 +191,27 @@ def encode(text: str) -> bytes:
 _record_heads: dict[tuple[str, str], bytes] = {}
 
 
-def record_bytes(seq: int, type: str, regression: str, body: bytes) -> bytes:
-    """The record of message *seq* (see :meth:`Envelope.record_bytes`), its body given as
-    JSON bytes."""
+def record_head(type: str, regression: str) -> bytes:
+    """The part of a record between its number and its body: type, regression, the body's
+    key (made once for each pair)."""
     key = (type, regression)
     head = _record_heads.get(key)
     if head is None:
         head = _record_heads[key] = encode(
             f',"type":{dumps(type)},"regression":{dumps(regression)},"body":'
         )
-    return b'{"seq":%d%b%b}' % (seq, head, body)
+    return head
+
+
+def record_bytes(seq: int, type: str, regression: str, body: bytes) -> bytes:
+    """The record of message *seq* (see :meth:`Envelope.record_bytes`), its body given as
+    JSON bytes."""
+    return b'{"seq":%d%b%b}' % (seq, record_head(type, regression), body)
 
 
 def record_line(seq: int, type: str, regression: str, body: bytes) -> bytes:
     """:func:`record_bytes` and the newline that ends it in a journal."""
-    head = _record_heads.get((type, regression))
-    if head is None:
-        return record_bytes(seq, type, regression, body) + b"\n"
-    return b'{"seq":%d%b%b}\n' % (seq, head, body)
+    return b'{"seq":%d%b%b}\n' % (seq, record_head(type, regression), body)
 
 
 class Envelope:

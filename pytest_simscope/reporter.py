@@ -32,7 +32,6 @@ from pytest_simscope.identity import (
     StartClock,
     job_slug,
     make_uniqueid,
-    plain_uniqueid,
     safe_slug,
 )
 from pytest_simscope.messages import (
@@ -345,12 +344,10 @@ class SimscopeReporter:
                 + meta
                 + b"}"
             )
-        else:
+        if not self._plain or dist_each:
             # No way of its own for the usual report: a pytest_simscope_job hook, delivery
             # in this process or job logs need it the general way, and so do the reports
             # of --dist each, whose tests are counted by worker.
-            self.take = self._take_other  # type: ignore[method-assign]
-        if dist_each:
             self.take = self._take_other  # type: ignore[method-assign]
         self._with_metadata: Mapping[str, Any] = local.with_metadata if local is not None else {}
 
@@ -549,7 +546,7 @@ class SimscopeReporter:
                         return
                 elif when == "setup":
                     if key not in self._open and "simscope" not in extra.get("keywords", _MARKED):
-                        job = self._open_usual(report, key, extra)
+                        job = self._open_job(report, key, {})
                         self._took_usual(job, report, extra)
                         self._send_usual_live(job)
                         return
@@ -589,32 +586,6 @@ class SimscopeReporter:
             job.stop_epoch = stop
         else:
             self._took(job, report, extra)
-
-    def _open_usual(
-        self, report: Any, key: tuple[str | None, str], extra: dict[str, Any]
-    ) -> _Open:
-        """:meth:`_open_job` for a test of this process that has no marker (*extra*: the
-        instance dict of its setup report)."""
-        nodeid = key[1]
-        if self._seen.add(nodeid):
-            return self._open_job(report, key, {})  # it ran before: counted by name
-        uniqueid = (
-            make_uniqueid(nodeid, shard=self.shard) if self.shard else plain_uniqueid(nodeid)
-        )
-        start = extra.get("start")
-        if start.__class__ is not float or not 0.0 < start < _FAR:
-            start = time.time()
-        job = _Open(
-            nodeid,
-            None,
-            uniqueid,
-            start,
-            self._clock.claim_micros(start),
-            self._category,
-            self._testgroup_by_rule(nodeid),
-        )
-        self._open[key] = job
-        return job
 
     @staticmethod
     def _json_parts(job: _Open) -> tuple[bytes, bytes, bytes, bytes]:
