@@ -14,9 +14,13 @@ order rotated from round to round so that a noisy neighbour hurts all of them al
                 ``--simscope-flush-timeout=F``.
 
 Reported per suite and variant: median and minimum wall time of the whole process, median
-CPU time (user+sys of the child), the ratio of medians against ``bare`` of the same run
-(what PASS/MISS judges), the "paired" ratio (the median of each run's ratio to ``bare``
-of its own round, which cancels a shared machine's slow drift), the target and PASS/MISS.
+CPU time (user+sys of the child), the ratio of medians against ``bare`` of the same run,
+the ratio of minimums (the least disturbed run of each: a noisy neighbour only ever adds
+time), the "paired" ratio (the median of each run's ratio to ``bare`` of its own round,
+which cancels a shared machine's slow drift), the target and PASS/MISS.  PASS needs both
+the ratio of minimums and the paired ratio within the target: on a shared virtual machine
+the same command's wall time moves by 20 % from run to run, which the ratio of medians of
+a handful of runs does not average away.
 Every plugin run is also checked: each test has exactly one ``job-finish`` (elements of
 ``batch-job-finish`` counted) in what the broker holds plus what the offline queue holds,
 with one ``regr-start`` and one ``regr-finish``.
@@ -30,7 +34,7 @@ the variants of a round share one layout, and the rounds spread over many.
 
 Usage::
 
-    python benchmarks/bench_overhead.py                   # 5 rounds, everything
+    python benchmarks/bench_overhead.py                   # 10 rounds, everything
     python benchmarks/bench_overhead.py --tests 500 --rounds 2 --only amqp
 """
 
@@ -657,6 +661,7 @@ class Overhead:
             counted = [s for s in self.samples if not s.disturbed]
             bare = [s.run for s in counted if s.suite == suite and s.variant == "bare"]
             bare_median = statistics.median(r.wall for r in bare)
+            bare_min = min(r.wall for r in bare)
             bare_cpu = statistics.median(r.cpu for r in bare)
             for variant in self.variants:
                 mine = [s for s in counted if s.suite == suite and s.variant == variant]
@@ -672,6 +677,9 @@ class Overhead:
                     s.round: s.run.wall for s in counted if s.suite == suite and s.variant == "bare"
                 }
                 pairs = [s.run.wall / bare_of[s.round] for s in mine if s.round in bare_of]
+                paired = statistics.median(pairs) if pairs else ratio
+                # The least disturbed run of each: a neighbour only ever adds time.
+                min_ratio = min(walls) / bare_min
                 row: dict[str, Any] = {
                     "suite": suite,
                     "variant": variant,
@@ -680,7 +688,8 @@ class Overhead:
                     "min_s": round(min(walls), 3),
                     "cpu_median_s": round(cpu, 3),
                     "ratio": round(ratio, 3),
-                    "paired_ratio": round(statistics.median(pairs), 3) if pairs else None,
+                    "min_ratio": round(min_ratio, 3),
+                    "paired_ratio": round(paired, 3) if pairs else None,
                     "cpu_ratio": round(cpu / bare_cpu, 3),
                     "target": "",
                     "result": "",
@@ -694,7 +703,8 @@ class Overhead:
                 if variant in TARGETS:
                     aim = f" (aim {AIMS[variant]:.2f})" if variant in AIMS else ""
                     row["target"] = f"<= {TARGETS[variant]:.2f}{aim}"
-                    row["result"] = "PASS" if ratio <= TARGETS[variant] else "MISS"
+                    judged = max(min_ratio, paired)
+                    row["result"] = "PASS" if judged <= TARGETS[variant] else "MISS"
                 elif variant == "delay":
                     limit = DELAY_FACTOR * bare_median + self.args.flush_timeout
                     row["target"] = (
@@ -712,14 +722,14 @@ class Overhead:
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = (
         f"{'suite':8} {'variant':9} {'runs':>4} {'median s':>9} {'min s':>8} {'ratio':>6}"
-        f" {'paired':>6} {'cpu s':>7} {'cpu ratio':>9}  {'target':34} result"
+        f" {'min':>6} {'paired':>6} {'cpu s':>7} {'cpu ratio':>9}  {'target':34} result"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
             f"{r['suite']:8} {r['variant']:9} {r['runs']:>4} {r['median_s']:>9.3f}"
-            f" {r['min_s']:>8.3f} {r['ratio']:>6.3f}"
+            f" {r['min_s']:>8.3f} {r['ratio']:>6.3f} {r['min_ratio']:>6.3f}"
             f" {format(r['paired_ratio'], '.3f') if r['paired_ratio'] is not None else '-':>6}"
             f" {r['cpu_median_s']:>7.2f}"
             f" {r['cpu_ratio']:>9.3f}"
@@ -729,7 +739,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="pytest-simscope overhead against bare pytest")
-    parser.add_argument("--rounds", type=int, default=5, help="runs of each variant (default 5)")
+    parser.add_argument("--rounds", type=int, default=10, help="runs of each variant (default 10)")
     parser.add_argument(
         "--warmup", type=int, default=1, help="untimed runs of every variant per suite first"
     )
