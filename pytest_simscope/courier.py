@@ -85,7 +85,8 @@ INPROCESS_ENV = "PYTEST_SIMSCOPE_INPROCESS"
 class Relay:
     """Hold messages ``live_after`` seconds, in order, then hand them to *publisher*.
 
-    A ``job-live`` whose ``job-finish`` arrives while it is held is dropped.  The live
+    A ``job-live`` whose ``job-finish``, or a later ``job-live`` of the same job, arrives
+    while it is held is dropped.  The live
     jobs handed on and not finished yet are re-sent every *heartbeat* seconds (0: never),
     with a ``regr-update`` of how many are running (not for a shard).  Not thread-safe:
     one caller at a time.
@@ -132,6 +133,12 @@ class Relay:
         if kind == "job-live":
             uid = envelope.uniqueid
             if uid:
+                # A later live job of the same job (its marker's fields came with its
+                # setup report) stands for one still held.
+                earlier = self._held_lives.get(uid)
+                if earlier is not None:
+                    earlier[3] = True
+                    self.publisher.stats.superseded += 1
                 self._held_lives[uid] = entry
         if len(self._held) > self.limit:
             self._release_held(self._held.popleft(), now)

@@ -103,6 +103,7 @@ class _Open:
         "called",
         "category",
         "duration",
+        "early",
         "failures",
         "last_report",
         "live_sent",
@@ -168,6 +169,8 @@ class _Open:
         self.rerun_pending = False
         # The current attempt's call was reported (see SimscopeReporter._ends).
         self.called = False
+        # Opened when its test started (SimscopeReporter.started), no setup report yet.
+        self.early = False
 
 
 _NO_SUBTESTS: Mapping[str, int] = MappingProxyType({})
@@ -257,6 +260,7 @@ class SimscopeReporter:
         secrets: Sequence[str] = (),
         raw_bodies: bool = False,
         local: _Local | None = None,
+        early: bool = False,
     ) -> None:
         self.secrets = list(secrets)
         # The marker fields and metadata of the tests this process runs (see take()).
@@ -350,6 +354,10 @@ class SimscopeReporter:
             # of --dist each, whose tests are counted by worker.
             self.take = self._take_other  # type: ignore[method-assign]
         self._with_metadata: Mapping[str, Any] = local.with_metadata if local is not None else {}
+        # Jobs open when their tests start (see started()), not at their setup reports.
+        self.early = early and job_hook is None and not dist_each
+        # The key of the job started last, until its setup report comes.
+        self._early: tuple[str | None, str] | None = None
 
     # -- regression ----------------------------------------------------------------------
 
@@ -514,9 +522,45 @@ class SimscopeReporter:
                     )
         self._send(kind, body)
 
+    def started(self, nodeid: str) -> None:
+        """A test this process runs starts (``pytest_runtest_logstart``), with ``early``.
+
+        Its job opens now and its live job is written, before its fixtures run: a test
+        whose setup takes long shows as running, and one that dies in it (pytest killed,
+        ``os._exit``) is closed as a fail with the others that were running (see
+        :class:`~pytest_simscope.journal.Unfinished`).  Whoever delivers still holds the
+        live job ``live_after`` seconds and drops it if the test ended by then.
+        """
+        key = (None, nodeid)
+        if key in self._open or self._closed:
+            return
+        job = self._open_job(None, key, {})
+        job.early = True
+        self._early = key
+        if self._plain:
+            self._send_usual_live(job)
+        else:
+            self._send_live(job, None)
+
+    def _adopt(self, key: tuple[str | None, str]) -> _Open | None:
+        """The job of the test started last, for a first setup report whose node id is not
+        the one the test started with (a plugin changed it): the same test, whose live job
+        went out under the job's uniqueid, which it keeps."""
+        early, self._early = self._early, None
+        job = self._open.get(early) if early is not None else None
+        if early is None or job is None or not job.early:
+            return None
+        del self._open[early]
+        self._open[key] = job
+        job.nodeid = key[1]
+        job.testgroup = self._testgroup_by_rule(key[1])
+        job.raw = job.usual = None
+        return job
+
     def _send_live(self, job: _Open, report: Any) -> None:
-        # Published at setup; whoever delivers holds it live_after seconds and drops it
-        # if the test ended by then (see courier.Relay).
+        # Published when the test starts (see started()) or at its setup; whoever
+        # delivers holds it live_after seconds and drops it if the test ended by then
+        # (see courier.Relay).
         job.live_sent = True
         head, tail = self._job_json(job)
         raw = b"".join((head, b'"live"', tail, self._raw_meta, b"}"))
@@ -545,10 +589,19 @@ class SimscopeReporter:
                             job.xfail = "xpassed"
                         return
                 elif when == "setup":
-                    if key not in self._open and "simscope" not in extra.get("keywords", _MARKED):
-                        job = self._open_job(report, key, {})
+                    job = self._open.get(key)
+                    if "simscope" in extra.get("keywords", _MARKED):
+                        pass
+                    elif job is None:
+                        if self._early is None:
+                            job = self._open_job(report, key, {})
+                            self._took_usual(job, report, extra)
+                            self._send_usual_live(job)
+                            return
+                    elif job.early:
+                        job.early = False
+                        self._early = None
                         self._took_usual(job, report, extra)
-                        self._send_usual_live(job)
                         return
                 elif when == "teardown":
                     job = self._open.get(key)
@@ -627,6 +680,8 @@ class SimscopeReporter:
         if not isinstance(data, dict):
             data = {}
         job = self._open.get(key)
+        if job is None and self._early is not None and when == "setup":
+            job = self._adopt(key)
         if when == "???":
             # A crash report: xdist's for the test a crashed worker was running (unless
             # worker_down, which xdist calls first, already ended it), or pytest-forked's
@@ -715,13 +770,20 @@ class SimscopeReporter:
             added = data.get("metadata")
             if added:
                 job.metadata = [*job.metadata, *metadata_pairs(added)]
-            if when == "setup" and not job.live_sent:
-                # The job opened on an earlier report (a subtest's, before
-                # pytest-rerunfailures handed on the setup report): the marker's fields.
-                job.category = self._category_of(data)
-                job.testgroup = self._testgroup(job.nodeid, data)
-                job.raw = None
-                job.usual = None
+            if when == "setup" and (job.early or not job.live_sent):
+                # The job opened when its test started, or on an earlier report (a
+                # subtest's, before pytest-rerunfailures handed on the setup report): the
+                # marker's fields.
+                fields = (self._category_of(data), self._testgroup(job.nodeid, data))
+                if fields != (job.category, job.testgroup):
+                    job.category, job.testgroup = fields
+                    job.raw = None
+                    job.usual = None
+                    if job.live_sent:  # when it started: sent again with them
+                        self._send_live(job, report)
+        if when == "setup" and job.early:
+            job.early = False
+            self._early = None
         if outcome == "passed":
             if when == "setup":
                 if not job.live_sent:

@@ -280,6 +280,15 @@ class SimscopePlugin:
                 # A courier reads the journal back: only the bytes of each job count.
                 raw_bodies=isinstance(self.publisher, courier.CourierFront),
                 local=self.local,
+                # Tests this process runs (not an xdist controller's) open their jobs as
+                # they start, unless no live job may go out before the setup report: with
+                # live_after 0 it would for every test, skipped or not, and an omitted skip
+                # would leave its live job unfinished.
+                early=(
+                    self.config.pluginmanager.getplugin("dsession") is None
+                    and self.settings.live_after > 0
+                    and self.settings.skips != "omit"
+                ),
             )
             self.reporter.start()
         except Exception as exc:  # publishing must never stop the tests
@@ -323,6 +332,15 @@ class SimscopePlugin:
             reporter.take(report)
         except Exception as exc:
             self._internal_error("test report", exc)
+
+    @pytest.hookimpl
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        reporter = self.reporter
+        if reporter is not None and reporter.early:
+            try:
+                reporter.started(nodeid)
+            except Exception as exc:
+                self._internal_error("test start", exc)
 
     @pytest.hookimpl
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:

@@ -126,7 +126,7 @@ def test_relay_holds_each_message_live_after_seconds_in_order() -> None:
     assert r.held == 0
 
 
-def test_relay_drops_a_held_live_job_whose_finish_arrived() -> None:
+def test_relay_drops_a_held_live_job_whose_finish_or_next_live_arrived() -> None:
     fake = FakePublisher()
     r = relay(fake, live_after=0.1)
     r.push(1, live("a"), 0.0)
@@ -140,6 +140,12 @@ def test_relay_drops_a_held_live_job_whose_finish_arrived() -> None:
     r.pump(2.0)
     assert fake.taken() == [("job-finish", "b")]
     assert fake.stats.superseded == 1
+    # A later live job of the same job (a marker's fields) stands for the held one.
+    r.push(5, live("c"), 2.0)
+    r.push(6, Envelope("job-live", R, {"uniqueid": "c", "category": "marked"}), 2.01)
+    r.pump(3.0)
+    assert [e.body for e, _ in fake.sent] == [{"uniqueid": "c", "category": "marked"}]
+    assert fake.stats.superseded == 2
 
 
 def test_relay_pump_everything_releases_all_held() -> None:
@@ -386,10 +392,16 @@ def test_the_summary_after_the_courier_died_counts_what_it_had_queued(
 ENDS_THE_PROCESS = """
 import os
 
+import pytest
+
+@pytest.fixture
+def ends_pytest():
+    os._exit(0)
+
 def test_before():
     pass
 
-def test_ends_pytest():
+def test_ends_pytest(WHERE):
     os._exit(0)
 
 def test_never_runs():
@@ -397,12 +409,21 @@ def test_never_runs():
 """
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        pytest.param(("", "0"), id="in-the-test"),
+        # Its setup report never comes: the job opened when the test started.
+        pytest.param(("ends_pytest", "0.1"), id="in-a-fixture"),
+    ],
+)
 def test_a_test_that_ends_pytest_gets_a_fail_job_and_the_regression_is_finished(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, where: tuple[str, str]
 ) -> None:
     """pytest-timeout's thread method, or a test's os._exit: the courier closes the run."""
-    pytester.makepyfile(test_ends=ENDS_THE_PROCESS)
-    result, _ = recorded(pytester, subprocess=True)
+    fixture, live_after = where
+    pytester.makepyfile(test_ends=ENDS_THE_PROCESS.replace("WHERE", fixture))
+    result, _ = recorded(pytester, f"--simscope-live-after={live_after}", subprocess=True)
     assert result.ret == 0  # os._exit(0): pytest's own status, plugin or not
     deadline = time.monotonic() + 30
     while list((queue_root(pytester) / "journal").glob("*.jsonl")):

@@ -70,24 +70,126 @@ def test_zero_publishes_a_live_job_for_every_test_at_setup(pytester: pytest.Pyte
         assert _types_of(records, f"test_mix.py::{name}") == ["job-live", "job-finish"]
 
 
-def test_a_test_skipped_at_setup_never_gets_a_live_job(pytester: pytest.Pytester) -> None:
+SLOW_SETUP = """
+import time
+
+import pytest
+
+@pytest.fixture
+def slow_resource():
+    time.sleep(0.5)
+
+def test_uses_it(slow_resource):
+    pass
+
+def test_fast():
+    pass
+"""
+
+
+def test_a_test_shows_as_running_while_its_fixtures_are_set_up(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_setup=SLOW_SETUP)
+    result, records = recorded(pytester, "--simscope-live-after=0.1")
+    result.assert_outcomes(passed=2)
+    assert _types_of(records, "test_setup.py::test_uses_it") == ["job-live", "job-finish"]
+    assert _types_of(records, "test_setup.py::test_fast") == ["job-finish"]
+    [finish] = [b for b in bodies(records, "job-finish") if b["uniqueid"].endswith("test_uses_it")]
+    # Its job started before its fixture did.
+    assert finish["runtime_ms"] >= 500
+    assert check_records(records) == []
+
+
+def test_a_marked_test_running_long_is_live_with_its_markers_fields(
+    pytester: pytest.Pytester,
+) -> None:
     pytester.makepyfile(
-        test_skip="""
+        test_marked="""
         import time, pytest
 
-        @pytest.fixture
-        def slow_skip():
-            time.sleep(0.5)
-            pytest.skip("no hardware")
-
-        def test_needs_hardware(slow_skip):
-            pass
+        @pytest.mark.simscope(category="hardware", testgroup="rig")
+        def test_on_the_rig():
+            time.sleep(0.4)
         """
     )
+    result, records = recorded(pytester, "--simscope-live-after=0.1")
+    result.assert_outcomes(passed=1)
+    # Its job opened as it started, before its marker was read: the live job held then
+    # gave way to the one its setup report made.
+    assert [(b["category"], b["testgroup"]) for b in bodies(records, "job-live")] == [
+        ("hardware", "rig")
+    ]
+    [finish] = bodies(records, "job-finish")
+    assert (finish["category"], finish["testgroup"]) == ("hardware", "rig")
+    assert check_records(records) == []
+
+
+SKIPS = """
+import time, pytest
+
+@pytest.fixture
+def slow_skip():
+    time.sleep(0.5)
+    pytest.skip("no hardware")
+
+def test_needs_hardware(slow_skip):
+    pass
+
+@pytest.mark.skip(reason="not today")
+def test_marked():
+    pass
+"""
+
+
+def test_a_test_skipped_at_setup_is_live_only_if_its_setup_ran_long(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_skip=SKIPS)
     result, records = recorded(pytester, "--simscope-live-after=0.05")
-    result.assert_outcomes(skipped=1)
+    result.assert_outcomes(skipped=2)
+    # It was running while its fixture took half a second; a marker skips at once.
+    assert [b["uniqueid"] for b in bodies(records, "job-live")] == [
+        "test_skip.py::test_needs_hardware"
+    ]
+    assert [b["result"] for b in bodies(records, "job-finish")] == ["skip", "skip"]
+    assert check_records(records) == []
+
+
+def test_a_skip_that_is_omitted_never_gets_a_live_job(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_skip=SKIPS)
+    result, records = recorded(pytester, "--simscope-live-after=0.05", "--simscope-skips=omit")
+    result.assert_outcomes(skipped=2)
     assert bodies(records, "job-live") == []
-    assert [b["result"] for b in bodies(records, "job-finish")] == ["skip"]
+    assert bodies(records, "job-finish") == []
+
+
+RENAMES = """
+import pytest
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    outcome.get_result().nodeid += "@renamed"
+"""
+
+
+@pytest.mark.parametrize("live_after", ["0", "0.1"])
+def test_a_plugin_that_renames_every_report_still_gets_one_job_a_test(
+    pytester: pytest.Pytester, live_after: str
+) -> None:
+    pytester.makeconftest(RENAMES)
+    pytester.makepyfile(test_mix=SUITE.replace("0.8", "0.3"))
+    result, records = recorded(pytester, f"--simscope-live-after={live_after}")
+    result.assert_outcomes(passed=2, failed=1)
+    finishes = bodies(records, "job-finish")
+    assert sorted((b["config"], b["result"]) for b in finishes) == [
+        ("test_mix.py::test_fast@renamed", "pass"),
+        ("test_mix.py::test_fast_fail@renamed", "fail"),
+        ("test_mix.py::test_slow@renamed", "pass"),
+    ]
+    assert len({b["uniqueid"] for b in finishes}) == 3
+    assert check_records(records) == []
 
 
 def test_a_bad_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
