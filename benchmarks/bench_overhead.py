@@ -525,13 +525,14 @@ class Overhead:
             queue.delete()
 
     def variant_args(self, variant: str, queue_dir: Path) -> list[str]:
+        common = [*PYTEST_ARGS, *(["-n", str(self.args.workers)] if self.args.workers else [])]
         if variant == "bare":
-            return [*PYTEST_ARGS, "-p", "no:simscope"]
+            return [*common, "-p", "no:simscope"]
         if variant == "disabled":
-            return list(PYTEST_ARGS)
+            return common
         self.counter += 1
         args = [
-            *PYTEST_ARGS,
+            *common,
             f"--simscope-regression=bench/{self.counter}",
             f"--simscope-queue-dir={queue_dir}",
         ]
@@ -787,6 +788,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=3600.0,
         help="the delay proxy stops by itself after this long (default 3600 s)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run every variant under pytest-xdist with N workers (-n N; default: none)",
+    )
     parser.add_argument("--json", type=Path, help="also write the table and samples here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
@@ -805,6 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"# pytest-simscope overhead: {args.tests} trivial tests, {args.sleep_tests}"
                 f" tests sleeping 2 ms; {args.rounds} rounds; {os.cpu_count()} CPUs;"
+                f"{f' -n {args.workers};' if args.workers else ''}"
                 f" python {sys.version.split()[0]}",
                 flush=True,
             )

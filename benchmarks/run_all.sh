@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every pytest-simscope benchmark against the local RabbitMQ broker.
 #
-#   bash benchmarks/run_all.sh                 # the full set (about 20 minutes on 2 cores)
+#   bash benchmarks/run_all.sh                 # the full set (about 25 minutes on 2 cores)
 #   QUICK=1 bash benchmarks/run_all.sh         # scaled down, for a quick look
 #
 # ROUNDS overrides the overhead benchmark's rounds. Output goes to stdout; redirect it to
@@ -19,7 +19,7 @@ if [[ -n "${QUICK:-}" ]]; then
     publisher=(--jobs 10000 --offline-jobs 2000)
     memory=(--tests 20000)
 else
-    overhead=(--rounds "${ROUNDS:-5}")
+    overhead=(--rounds "${ROUNDS:-10}")
     publisher=()
     memory=()
 fi
