@@ -176,6 +176,15 @@ class _Open:
 _NO_SUBTESTS: Mapping[str, int] = MappingProxyType({})
 
 
+class _Wall:
+    """The wall clock, where a test that replaces ``time.time`` for a while or for the
+    whole session (monkeypatch, freezegun, which rewrites every module attribute that is
+    the real function) does not reach it: a job's times are the run's, as pytest keeps
+    its reports' own."""
+
+    now = staticmethod(time.time)
+
+
 def _worker_of(extra: dict[str, Any]) -> str | None:
     """The xdist worker that sent a report, from its attributes (None: not a worker's)."""
     node = extra.get("node")
@@ -295,7 +304,7 @@ class SimscopeReporter:
         self._closed = False
         self._worker_counts: dict[str, int] = {}
         self._unreplaced = 0  # crashed workers (--dist each) no new worker took over yet
-        self.start_epoch = time.time()
+        self.start_epoch = _Wall.now()
         self._base_metadata = list(self.settings.metadata)
         self._build = self.settings.build
         self._category = str(self.settings.category)
@@ -470,7 +479,7 @@ class SimscopeReporter:
         )
         start = getattr(report, "start", None)
         if not isinstance(start, (int, float)) or not 0 < start < _FAR:
-            start = time.time()
+            start = _Wall.now()
         job = _Open(
             nodeid,
             key[0],
@@ -836,7 +845,7 @@ class SimscopeReporter:
         stop = extra.get("stop")
         if stop is None:
             stop = getattr(report, "stop", None)
-        job.stop_epoch = stop if isinstance(stop, (int, float)) and 0 < stop < _FAR else time.time()
+        job.stop_epoch = stop if isinstance(stop, (int, float)) and 0 < stop < _FAR else _Wall.now()
         if self.jobdir_root is not None:
             # Each report carries every section captured so far for the test.
             sections = getattr(report, "sections", ()) or ()
@@ -862,7 +871,7 @@ class SimscopeReporter:
                 )
             return
         start = job.start_epoch
-        stop = job.stop_epoch or time.time()
+        stop = job.stop_epoch or _Wall.now()
         compute = runtime = -1
         if result != "skip":
             compute = _ms(job.duration)
@@ -986,7 +995,7 @@ class SimscopeReporter:
                 self._send(
                     "regr-update", self._regression(submitted=self._submitted - self._omitted)
                 )
-        start = stamp(self._clock.claim_micros(time.time()))
+        start = stamp(self._clock.claim_micros(_Wall.now()))
         body: dict[str, Any] = {
             "category": self.settings.category,
             # A collector's node id never names a test (those go on with "::name"), so

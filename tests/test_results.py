@@ -930,3 +930,53 @@ def test_odd_report_values_and_percent_signs_publish_usual_jobs(
         assert body["finish_time"] >= body["start_time"]
     assert jobs["test_odd.py::test_huge_duration"]["compute_ms"] == 24 * 24 * 3600 * 1000 - 1
     assert jobs["test_odd.py::test_nan_times"]["compute_ms"] == 0
+
+
+FROZEN_CLOCK_CONFTEST = """
+import sys
+import time
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def frozen_clock():
+    # As freezegun does: every module attribute that is the real time.time is replaced
+    # (pytest's own runner still gets the real time: freezegun ignores calls from it).
+    real = time.time
+    fake = lambda: 1_000_000_000.0  # 2001
+    replaced = [(time, "time")]
+    time.time = fake
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith("_pytest."):
+            continue
+        for name, value in list(getattr(module, "__dict__", {}).items()):
+            if value is real:
+                setattr(module, name, fake)
+                replaced.append((module, name))
+    yield
+    for module, name in replaced:
+        setattr(module, name, real)
+"""
+
+
+@pytest.mark.parametrize("live_after", ["0", "0.1"])
+def test_a_clock_frozen_for_the_whole_session_leaves_job_times_true(
+    pytester: pytest.Pytester, live_after: str
+) -> None:
+    """A test suite that replaces time.time for the whole session: its jobs still start
+    and finish when they did, as pytest's own report times do."""
+    pytester.makeconftest(FROZEN_CLOCK_CONFTEST)
+    pytester.makepyfile(
+        test_frozen="import time\n\n"
+        + "".join(f"def test_{i}():\n    time.sleep(0.01)\n\n" for i in range(3))
+    )
+    result, records = recorded(pytester, f"--simscope-live-after={live_after}")
+    result.assert_outcomes(passed=3)
+    assert_clean(records)
+    jobs = finished(records)
+    assert len(jobs) == 3
+    year = records[0]["body"]["starttime"][:4]
+    for body in jobs.values():
+        assert body["start_time"][:4] == body["finish_time"][:4] == year != "2001"
+        assert 10 <= body["runtime_ms"] < 10_000
