@@ -532,13 +532,16 @@ class SimscopeReporter:
         self._send(kind, body)
 
     def started(self, nodeid: str) -> None:
-        """A test this process runs starts (``pytest_runtest_logstart``), with ``early``.
+        """A test starts (``pytest_runtest_logstart``, also an xdist worker's), with
+        ``early``.
 
         Its job opens now and its live job is written, before its fixtures run: a test
         whose setup takes long shows as running, and one that dies in it (pytest killed,
-        ``os._exit``) is closed as a fail with the others that were running (see
-        :class:`~pytest_simscope.journal.Unfinished`).  Whoever delivers still holds the
-        live job ``live_after`` seconds and drops it if the test ended by then.
+        ``os._exit``, the xdist controller killed) is closed as a fail with the others that
+        were running (see :class:`~pytest_simscope.journal.Unfinished`).  Whoever
+        delivers still holds the live job ``live_after`` seconds and drops it if the test
+        ended by then.  (A worker's test is known by its node id alone until its first
+        report names the worker: see _adopt.)
         """
         key = (None, nodeid)
         if key in self._open or self._closed:
@@ -552,18 +555,24 @@ class SimscopeReporter:
             self._send_live(job, None)
 
     def _adopt(self, key: tuple[str | None, str]) -> _Open | None:
-        """The job of the test started last, for a first setup report whose node id is not
-        the one the test started with (a plugin changed it): the same test, whose live job
-        went out under the job's uniqueid, which it keeps."""
-        early, self._early = self._early, None
+        """The job opened when its test started, for a first report that has none: an
+        xdist worker's (the start named no worker), or, in this process, a setup report
+        whose node id is not the one the test started with (a plugin changed it: the same
+        test, whose live job went out under the job's uniqueid, which it keeps)."""
+        if key[0] is not None:
+            early: tuple[str | None, str] | None = (None, key[1])
+        else:
+            early, self._early = self._early, None
         job = self._open.get(early) if early is not None else None
         if early is None or job is None or not job.early:
             return None
         del self._open[early]
         self._open[key] = job
-        job.nodeid = key[1]
-        job.testgroup = self._testgroup_by_rule(key[1])
-        job.raw = job.usual = None
+        job.worker = key[0]
+        if job.nodeid != key[1]:
+            job.nodeid = key[1]
+            job.testgroup = self._testgroup_by_rule(key[1])
+            job.raw = job.usual = None
         return job
 
     def _send_live(self, job: _Open, report: Any) -> None:
@@ -689,7 +698,9 @@ class SimscopeReporter:
         if not isinstance(data, dict):
             data = {}
         job = self._open.get(key)
-        if job is None and self._early is not None and when == "setup":
+        if job is None and self.early and (
+            worker is not None or (when == "setup" and self._early is not None)
+        ):
             job = self._adopt(key)
         if when == "???":
             # A crash report: xdist's for the test a crashed worker was running (unless

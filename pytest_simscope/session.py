@@ -280,15 +280,10 @@ class SimscopePlugin:
                 # A courier reads the journal back: only the bytes of each job count.
                 raw_bodies=isinstance(self.publisher, courier.CourierFront),
                 local=self.local,
-                # Tests this process runs (not an xdist controller's) open their jobs as
-                # they start, unless no live job may go out before the setup report: with
-                # live_after 0 it would for every test, skipped or not, and an omitted skip
-                # would leave its live job unfinished.
-                early=(
-                    self.config.pluginmanager.getplugin("dsession") is None
-                    and self.settings.live_after > 0
-                    and self.settings.skips != "omit"
-                ),
+                # Tests open their jobs as they start, unless no live job may go out
+                # before the setup report: with live_after 0 it would for every test,
+                # skipped or not, and an omitted skip would leave its live job unfinished.
+                early=self.settings.live_after > 0 and self.settings.skips != "omit",
             )
             self.reporter.start()
         except Exception as exc:  # publishing must never stop the tests

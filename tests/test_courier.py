@@ -391,12 +391,20 @@ def test_the_summary_after_the_courier_died_counts_what_it_had_queued(
 
 ENDS_THE_PROCESS = """
 import os
+import signal
+import time
 
 import pytest
 
 @pytest.fixture
 def ends_pytest():
     os._exit(0)
+
+@pytest.fixture
+def kills_the_controller():
+    time.sleep(1)  # the controller has taken the test's start
+    os.kill(os.getppid(), signal.SIGKILL)  # an xdist worker's parent
+    time.sleep(30)
 
 def test_before():
     pass
@@ -412,19 +420,25 @@ def test_never_runs():
 @pytest.mark.parametrize(
     "where",
     [
-        pytest.param(("", "0"), id="in-the-test"),
+        pytest.param(("", "0", ()), id="in-the-test"),
         # Its setup report never comes: the job opened when the test started.
-        pytest.param(("ends_pytest", "0.1"), id="in-a-fixture"),
+        pytest.param(("ends_pytest", "0.1", ()), id="in-a-fixture"),
+        # The xdist controller killed while a worker sets a test up.
+        pytest.param(("kills_the_controller", "0.1", ("-n", "1")), id="controller-killed"),
     ],
 )
 def test_a_test_that_ends_pytest_gets_a_fail_job_and_the_regression_is_finished(
-    pytester: pytest.Pytester, where: tuple[str, str]
+    pytester: pytest.Pytester, where: tuple[str, str, tuple[str, ...]]
 ) -> None:
-    """pytest-timeout's thread method, or a test's os._exit: the courier closes the run."""
-    fixture, live_after = where
+    """pytest-timeout's thread method, a test's os._exit, or pytest killed: the courier
+    closes the run."""
+    fixture, live_after, more = where
     pytester.makepyfile(test_ends=ENDS_THE_PROCESS.replace("WHERE", fixture))
-    result, _ = recorded(pytester, f"--simscope-live-after={live_after}", subprocess=True)
-    assert result.ret == 0  # os._exit(0): pytest's own status, plugin or not
+    result, _ = recorded(
+        pytester, f"--simscope-live-after={live_after}", *more, subprocess=True
+    )
+    # os._exit(0): pytest's own status, plugin or not
+    assert result.ret == (-signal.SIGKILL if more else 0)
     deadline = time.monotonic() + 30
     while list((queue_root(pytester) / "journal").glob("*.jsonl")):
         assert time.monotonic() < deadline, "the courier did not finish"

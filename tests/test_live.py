@@ -87,11 +87,12 @@ def test_fast():
 """
 
 
+@pytest.mark.parametrize("mode", XDIST_MODES)
 def test_a_test_shows_as_running_while_its_fixtures_are_set_up(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, mode: tuple[str, ...]
 ) -> None:
     pytester.makepyfile(test_setup=SLOW_SETUP)
-    result, records = recorded(pytester, "--simscope-live-after=0.1")
+    result, records = recorded(pytester, *mode, "--simscope-live-after=0.1")
     result.assert_outcomes(passed=2)
     assert _types_of(records, "test_setup.py::test_uses_it") == ["job-live", "job-finish"]
     assert _types_of(records, "test_setup.py::test_fast") == ["job-finish"]
