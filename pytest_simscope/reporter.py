@@ -545,7 +545,10 @@ class SimscopeReporter:
         """
         key = (None, nodeid)
         if key in self._open or self._closed:
-            return
+            return  # (in this process: pytest-rerunfailures starts each attempt)
+        for worker in self._worker_counts:  # xdist's controller: the same for a worker's
+            if (worker, nodeid) in self._open:
+                return
         job = self._open_job(None, key, {})
         job.early = True
         self._early = key
