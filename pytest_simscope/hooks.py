@@ -16,9 +16,10 @@ def pytest_simscope_job(job: Job, report: pytest.TestReport | pytest.CollectRepo
 
     Called for every ``job-live`` (``job.result == "live"``) and every finished job, in the
     process that publishes (the xdist controller under ``-n``, so implement it in the
-    rootdir ``conftest.py`` or a plugin).  Finished jobs are made on the tests' thread;
-    live jobs, published once a test has run ``--simscope-live-after`` seconds, on the
-    plugin's timer thread.  *job* is a :class:`pytest_simscope.models.Job`;
+    rootdir ``conftest.py`` or a plugin), on the tests' thread.  A live job is made at
+    the test's setup report, whether or not it goes out: it is only published once the
+    test has run ``--simscope-live-after`` seconds.  *job* is a
+    :class:`pytest_simscope.models.Job`;
     assign to its fields (they are validated).  *report* is the report the job was made
     from.  An exception in an implementation is reported once and the job is published
     unchanged.
