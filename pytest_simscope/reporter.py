@@ -367,6 +367,8 @@ class SimscopeReporter:
         self.early = early and job_hook is None and not dist_each
         # The key of the job started last, until its setup report comes.
         self._early: tuple[str | None, str] | None = None
+        # The key of the job opened last (in this process: the test running).
+        self._current: tuple[str | None, str] | None = None
 
     # -- regression ----------------------------------------------------------------------
 
@@ -490,6 +492,7 @@ class SimscopeReporter:
             self._testgroup(nodeid, data),
         )
         self._open[key] = job
+        self._current = key
         return job
 
     def _raw_head(self, category: str) -> bytes:
@@ -571,6 +574,7 @@ class SimscopeReporter:
             return None
         del self._open[early]
         self._open[key] = job
+        self._current = key
         job.worker = key[0]
         if job.nodeid != key[1]:
             job.nodeid = key[1]
@@ -705,6 +709,12 @@ class SimscopeReporter:
             worker is not None or (when == "setup" and self._early is not None)
         ):
             job = self._adopt(key)
+        if job is None and worker is None and when != "setup" and self._current is not None:
+            # A later phase's report whose node id a plugin changed (the test's setup
+            # report had its own): it is the running test's.
+            current = self._open.get(self._current)
+            if current is not None and self._current[0] is None:
+                job, key = current, self._current
         if when == "???":
             # A crash report: xdist's for the test a crashed worker was running (unless
             # worker_down, which xdist calls first, already ended it), or pytest-forked's

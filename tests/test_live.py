@@ -171,23 +171,29 @@ import pytest
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
-    outcome.get_result().nodeid += "@renamed"
+    if call.when in PHASES:
+        outcome.get_result().nodeid += "@renamed"
 """
 
 
 @pytest.mark.parametrize("live_after", ["0", "0.1"])
-def test_a_plugin_that_renames_every_report_still_gets_one_job_a_test(
-    pytester: pytest.Pytester, live_after: str
+@pytest.mark.parametrize(
+    "phases", [("setup", "call", "teardown"), ("call",), ("teardown",), ("call", "teardown")]
+)
+def test_a_plugin_that_renames_reports_still_gets_one_job_a_test(
+    pytester: pytest.Pytester, live_after: str, phases: tuple[str, ...]
 ) -> None:
-    pytester.makeconftest(RENAMES)
+    pytester.makeconftest(RENAMES.replace("PHASES", repr(phases)))
     pytester.makepyfile(test_mix=SUITE.replace("0.8", "0.3"))
     result, records = recorded(pytester, f"--simscope-live-after={live_after}")
     result.assert_outcomes(passed=2, failed=1)
     finishes = bodies(records, "job-finish")
+    # Named as the setup report names the test.
+    suffix = "@renamed" if "setup" in phases else ""
     assert sorted((b["config"], b["result"]) for b in finishes) == [
-        ("test_mix.py::test_fast@renamed", "pass"),
-        ("test_mix.py::test_fast_fail@renamed", "fail"),
-        ("test_mix.py::test_slow@renamed", "pass"),
+        (f"test_mix.py::test_fast{suffix}", "pass"),
+        (f"test_mix.py::test_fast_fail{suffix}", "fail"),
+        (f"test_mix.py::test_slow{suffix}", "pass"),
     ]
     assert len({b["uniqueid"] for b in finishes}) == 3
     assert check_records(records) == []
