@@ -50,10 +50,10 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_simscope.journal import Journal, JournalTail, Unfinished, _read_acked, mark_closed
 from pytest_simscope.messages import (
+    RECORD_LINE,
     Envelope,
     MessageType,
     record_head,
-    record_line,
 )
 from pytest_simscope.publisher import JournalLike, Publisher, PublishStats
 from pytest_simscope.transports.base import Transport
@@ -351,6 +351,8 @@ class CourierFront:
         self._warnings: list[str] = []
         self._seq = 0
         self._unjournaled: list[Envelope] = []
+        # raw_writer()'s writers, by message type and regression (for publish_raw).
+        self._writers: dict[tuple[str, str], Callable[[bytes], None]] = {}
         self._closed = False
         fd = journal.fileno()
         config = dict(config, journal=str(journal.path), fd=fd, parent=os.getpid())
@@ -413,15 +415,11 @@ class CourierFront:
 
     def publish_raw(self, kind: MessageType, regression: str, body: bytes) -> None:
         """``publish(Envelope.of_bytes(kind, regression, body))``, without the envelope:
-        the reporter's job messages, twice a test."""
-        self._seq += 1
-        if not self._unjournaled:
-            try:
-                self.journal.write(record_line(self._seq, kind, regression, body))
-                return
-            except Exception as exc:
-                self._journal_failed(exc)
-        self._unjournaled.append(Envelope.of_bytes(kind, regression, body))
+        the reporter's job messages that are not the usual test's."""
+        writer = self._writers.get((kind, regression))
+        if writer is None:
+            writer = self._writers[kind, regression] = self.raw_writer(kind, regression)
+        writer(body)
 
     def raw_writer(self, kind: MessageType, regression: str) -> Callable[[bytes], None]:
         """``publish_raw`` for one kind of message of one regression, its record's head
@@ -433,7 +431,7 @@ class CourierFront:
             self._seq += 1
             if not self._unjournaled:
                 try:
-                    write(b'{"seq":%d%b%b}\n' % (self._seq, head, body))
+                    write(RECORD_LINE % (self._seq, head, body))
                     return
                 except Exception as exc:
                     self._journal_failed(exc)

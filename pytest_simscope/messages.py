@@ -203,15 +203,16 @@ def record_head(type: str, regression: str) -> bytes:
     return head
 
 
+# A record of a message: its number, its head (see record_head), its body's JSON.
+RECORD = b'{"seq":%d%b%b}'
+# The same as a journal's line.
+RECORD_LINE = RECORD + b"\n"
+
+
 def record_bytes(seq: int, type: str, regression: str, body: bytes) -> bytes:
     """The record of message *seq* (see :meth:`Envelope.record_bytes`), its body given as
     JSON bytes."""
-    return b'{"seq":%d%b%b}' % (seq, record_head(type, regression), body)
-
-
-def record_line(seq: int, type: str, regression: str, body: bytes) -> bytes:
-    """:func:`record_bytes` and the newline that ends it in a journal."""
-    return b'{"seq":%d%b%b}\n' % (seq, record_head(type, regression), body)
+    return RECORD % (seq, record_head(type, regression), body)
 
 
 class Envelope:

@@ -365,9 +365,8 @@ class SimscopeReporter:
         self._with_metadata: Mapping[str, Any] = local.with_metadata if local is not None else {}
         # Jobs open when their tests start (see started()), not at their setup reports.
         self.early = early and job_hook is None and not dist_each
-        # The key of the job started last, until its setup report comes.
-        self._early: tuple[str | None, str] | None = None
-        # The key of the job opened last (in this process: the test running).
+        # The key of the job opened last (in this process: the test running; with early,
+        # still ``early`` until its setup report comes).
         self._current: tuple[str | None, str] | None = None
 
     # -- regression ----------------------------------------------------------------------
@@ -554,7 +553,6 @@ class SimscopeReporter:
                 return
         job = self._open_job(None, key, {})
         job.early = True
-        self._early = key
         if self._plain:
             self._send_usual_live(job)
         else:
@@ -565,10 +563,7 @@ class SimscopeReporter:
         xdist worker's (the start named no worker), or, in this process, a setup report
         whose node id is not the one the test started with (a plugin changed it: the same
         test, whose live job went out under the job's uniqueid, which it keeps)."""
-        if key[0] is not None:
-            early: tuple[str | None, str] | None = (None, key[1])
-        else:
-            early, self._early = self._early, None
+        early = (None, key[1]) if key[0] is not None else self._current
         job = self._open.get(early) if early is not None else None
         if early is None or job is None or not job.early:
             return None
@@ -613,19 +608,15 @@ class SimscopeReporter:
                         if extra.get("wasxfail") is not None:
                             job.xfail = "xpassed"
                         return
-                elif when == "setup":
+                elif when == "setup" and "simscope" not in extra.get("keywords", _MARKED):
                     job = self._open.get(key)
-                    if "simscope" in extra.get("keywords", _MARKED):
-                        pass
-                    elif job is None:
-                        if self._early is None:
-                            job = self._open_job(report, key, {})
-                            self._took_usual(job, report, extra)
-                            self._send_usual_live(job)
-                            return
-                    elif job.early:
+                    if job is None and not self.early:
+                        job = self._open_job(report, key, {})
+                        self._took_usual(job, report, extra)
+                        self._send_usual_live(job)
+                        return
+                    if job is not None and job.early:  # opened by started()
                         job.early = False
-                        self._early = None
                         self._took_usual(job, report, extra)
                         return
                 elif when == "teardown":
@@ -705,9 +696,7 @@ class SimscopeReporter:
         if not isinstance(data, dict):
             data = {}
         job = self._open.get(key)
-        if job is None and self.early and (
-            worker is not None or (when == "setup" and self._early is not None)
-        ):
+        if job is None and self.early and (worker is not None or when == "setup"):
             job = self._adopt(key)
         if job is None and worker is None and when != "setup" and self._current is not None:
             # A later phase's report whose node id a plugin changed (the test's setup
@@ -814,9 +803,8 @@ class SimscopeReporter:
                     job.usual = None
                     if job.live_sent:  # when it started: sent again with them
                         self._send_live(job, report)
-        if when == "setup" and job.early:
+        if when == "setup":
             job.early = False
-            self._early = None
         if outcome == "passed":
             if when == "setup":
                 if not job.live_sent:
@@ -930,9 +918,7 @@ class SimscopeReporter:
             self._finish(key, job)
             return
         stop = job.stop_epoch  # a time take() checked
-        micros = round(stop * 1_000_000)
-        if micros < job.start_micros:
-            micros = job.start_micros
+        micros = max(epoch_micros(stop), job.start_micros)
         compute = _ms(job.duration)
         runtime = _ms(stop - job.start_epoch)
         if runtime < compute:
