@@ -141,7 +141,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if plugin is not None:
         plugin.shutdown()
         del config.stash[plugin_key]
-        for name in ("simscope-reporter", "simscope-xdist"):
+        for name in ("simscope-reporter", "simscope-xdist", "simscope-tests"):
             registered = config.pluginmanager.get_plugin(name)
             if registered is not None:
                 config.pluginmanager.unregister(registered)

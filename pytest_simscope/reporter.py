@@ -30,6 +30,7 @@ from pytest_simscope.failures import fail_message, first_line
 from pytest_simscope.identity import (
     SeenHashes,
     StartClock,
+    is_own_uniqueid,
     job_slug,
     make_uniqueid,
     safe_slug,
@@ -174,6 +175,7 @@ class _Open:
 
 
 _NO_SUBTESTS: Mapping[str, int] = MappingProxyType({})
+_NO_DATA: Mapping[str, Any] = MappingProxyType({})
 
 
 class _Wall:
@@ -357,17 +359,21 @@ class SimscopeReporter:
                 + meta
                 + b"}"
             )
-        if not self._plain or dist_each:
-            # No way of its own for the usual report: a pytest_simscope_job hook, delivery
-            # in this process or job logs need it the general way, and so do the reports
-            # of --dist each, whose tests are counted by worker.
-            self.take = self._take_other  # type: ignore[method-assign]
+        # No way of its own for the usual report without _plain (a pytest_simscope_job
+        # hook, delivery in this process or job logs need the general way), nor under
+        # --dist each, whose tests are counted by worker.
+        self.fast = self._plain and not dist_each
+        # The NodeId object of the last report take() saw, and its job's key.
+        self._last_ident: Any = None
+        self._last_key: tuple[str | None, str] = (None, "")
         self._with_metadata: Mapping[str, Any] = local.with_metadata if local is not None else {}
         # Jobs open when their tests start (see started()), not at their setup reports.
         self.early = early and job_hook is None and not dist_each
         # The key of the job opened last (in this process: the test running; with early,
         # still ``early`` until its setup report comes).
         self._current: tuple[str | None, str] | None = None
+        # The testgroup _json_parts() wrote last, and its JSON.
+        self._last_testgroup: tuple[str | None, bytes] = (None, b"")
 
     # -- regression ----------------------------------------------------------------------
 
@@ -440,10 +446,10 @@ class SimscopeReporter:
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def _category_of(self, data: dict[str, Any]) -> str:
+    def _category_of(self, data: Mapping[str, Any]) -> str:
         return str(data.get("category") or self._category) if data else self._category
 
-    def _testgroup(self, nodeid: str, data: dict[str, Any]) -> str | None:
+    def _testgroup(self, nodeid: str, data: Mapping[str, Any]) -> str | None:
         if data.get("testgroup"):
             return str(data["testgroup"])
         return self._testgroup_by_rule(nodeid)
@@ -463,22 +469,28 @@ class SimscopeReporter:
                 return f"{path}::{'::'.join(parts[:-1])}"
         return path
 
-    def _open_job(self, report: Any, key: tuple[str | None, str], data: dict[str, Any]) -> _Open:
+    def _open_job(
+        self, report: Any, key: tuple[str | None, str], data: Mapping[str, Any]
+    ) -> _Open:
         nodeid = key[1]
-        seen: Any = key if self.dist_each else nodeid
+        dist_each = self.dist_each
         # Nearly every node id runs once: only repeats are counted by name.
-        if self._seen.add(f"{key[0]}\x00{nodeid}" if self.dist_each else nodeid):
+        if self._seen.add(f"{key[0]}\x00{nodeid}" if dist_each else nodeid):
+            seen: Any = key if dist_each else nodeid
             count = self._occurrences.get(seen, 1) + 1
             self._occurrences[seen] = count
         else:
             count = 1
-        uniqueid = make_uniqueid(
-            nodeid,
-            worker=key[0] if self.dist_each else None,
-            shard=self.shard,
-            occurrence=count,
-        )
-        start = getattr(report, "start", None)
+        if count == 1 and not dist_each and not self.shard and is_own_uniqueid(nodeid):
+            uniqueid = nodeid  # (make_uniqueid's answer, without its keywords)
+        else:
+            uniqueid = make_uniqueid(
+                nodeid,
+                worker=key[0] if dist_each else None,
+                shard=self.shard,
+                occurrence=count,
+            )
+        start = getattr(report, "start", None) if report is not None else None
         if not isinstance(start, (int, float)) or not 0 < start < _FAR:
             start = _Wall.now()
         job = _Open(
@@ -487,8 +499,8 @@ class SimscopeReporter:
             uniqueid,
             start,
             self._clock.claim_micros(start),
-            self._category_of(data),
-            self._testgroup(nodeid, data),
+            self._category_of(data) if data else self._category,
+            self._testgroup(nodeid, data) if data else self._testgroup_by_rule(nodeid),
         )
         self._open[key] = job
         self._current = key
@@ -545,18 +557,22 @@ class SimscopeReporter:
         ended by then.  (A worker's test is known by its node id alone until its first
         report names the worker: see _adopt.)
         """
-        key = (None, nodeid)
-        if key in self._open or self._closed:
-            return  # (in this process: pytest-rerunfailures starts each attempt)
-        for worker in self._worker_counts:  # xdist's controller: the same for a worker's
-            if (worker, nodeid) in self._open:
-                return
-        job = self._open_job(None, key, {})
-        job.early = True
-        if self._plain:
-            self._send_usual_live(job)
-        else:
-            self._send_live(job, None)
+        try:
+            key = (None, nodeid)
+            if key in self._open or self._closed:
+                return  # (in this process: pytest-rerunfailures starts each attempt)
+            if self._worker_counts:  # xdist's controller: the same for a worker's
+                for worker in self._worker_counts:
+                    if (worker, nodeid) in self._open:
+                        return
+            job = self._open_job(None, key, _NO_DATA)
+            job.early = True
+            if self._plain:
+                self._send_usual_live(job)
+            else:
+                self._send_live(job, None)
+        except Exception as exc:
+            self._internal_error("test start", exc)
 
     def _adopt(self, key: tuple[str | None, str]) -> _Open | None:
         """The job opened when its test started, for a first report that has none: an
@@ -587,93 +603,114 @@ class SimscopeReporter:
         self._publish_job_json("job-live", raw, report)
 
     def take(self, report: Any) -> None:
-        """Take one report of the session (the plugin's hook calls this, three times a test).
+        """Take one report of the session: ``pytest_runtest_logreport``, three times a test,
+        with ``fast`` (registered as the hook itself: see ``session.TestHooks``).
 
         The usual report, a passed phase of a test this process ran, with no marker and no
         metadata, is taken here in as few steps as can be: its instance dict is read
         directly (a missing attribute through getattr() costs an exception), and the
         test's job is opened, made live and finished from templates, straight into the
-        journal (``_plain``).  Anything else goes to :meth:`logreport`.
+        journal (``_plain``).  Anything else goes to :meth:`_take_other`.  Nothing it
+        raises reaches pytest.
         """
-        if type(report) is _TestReport:
-            extra = report.__dict__
-            if extra.get("outcome") == "passed" and _UNUSUAL.isdisjoint(extra):
-                when = extra.get("when")
-                key: tuple[str | None, str] = (None, report.nodeid)
-                if when == "call":
-                    job = self._open.get(key)
-                    if job is not None:
-                        self._took_usual(job, report, extra)
-                        job.called = True
-                        if extra.get("wasxfail") is not None:
-                            job.xfail = "xpassed"
-                        return
-                elif when == "setup" and "simscope" not in extra.get("keywords", _MARKED):
-                    job = self._open.get(key)
-                    if job is None and not self.early:
-                        job = self._open_job(report, key, {})
-                        self._took_usual(job, report, extra)
-                        self._send_usual_live(job)
-                        return
-                    if job is not None and job.early:  # opened by started()
-                        job.early = False
-                        self._took_usual(job, report, extra)
-                        return
-                elif when == "teardown":
-                    job = self._open.get(key)
-                    if (
-                        job is not None
-                        and "simscope" not in extra.get("keywords", _MARKED)
-                        and key[1] not in self._with_metadata
-                    ):
-                        self._took_usual(job, report, extra)
-                        if job.called and not job.rerun_pending:
-                            if job.outcome == "passed" and not (
-                                job.xfail or job.reruns or job.subtests or job.metadata
+        try:
+            if type(report) is _TestReport:
+                extra = report.__dict__
+                if extra.get("outcome") == "passed" and _UNUSUAL.isdisjoint(extra):
+                    # pytest 9.2's node id is a property that makes a string each time;
+                    # the reports of one test share one NodeId object (pytest 8 has none).
+                    ident = extra.get("_id")
+                    if ident is None or ident is not self._last_ident:
+                        self._last_key = (None, report.nodeid)
+                        self._last_ident = ident
+                    key = self._last_key
+                    duration = extra.get("duration")
+                    if type(duration) is float:
+                        # Only the teardown's stop counts: it is the job's (the general
+                        # way finishes a job without one at the time it does).
+                        when = extra.get("when")
+                        job = self._open.get(key)
+                        if when == "call":
+                            if job is not None:
+                                job.duration += duration
+                                job.called = True
+                                if extra.get("wasxfail") is not None:
+                                    job.xfail = "xpassed"
+                                return
+                        elif "simscope" in extra.get("keywords", _MARKED):
+                            pass  # a marked test's setup or teardown: the general way
+                        elif when == "teardown":
+                            stop = extra.get("stop")
+                            if (
+                                job is not None
+                                and type(stop) is float
+                                and 0.0 < stop < _FAR
+                                and key[1] not in self._with_metadata
                             ):
-                                self._finish_pass(key, job)
-                            else:
-                                self._finish(key, job)
-                        elif self._ends(job):
-                            self._finish(key, job)
-                        return
-        self._take_other(report)
+                                job.duration += duration
+                                job.stop_epoch = stop
+                                if job.called and not job.rerun_pending:
+                                    if job.outcome == "passed" and not (
+                                        job.xfail or job.reruns or job.subtests or job.metadata
+                                    ):
+                                        self._finish_pass(key, job)
+                                    else:
+                                        self._finish(key, job)
+                                elif self._ends(job):
+                                    self._finish(key, job)
+                                return
+                        elif when == "setup":
+                            if job is None:
+                                if not self.early:
+                                    job = self._open_job(report, key, _NO_DATA)
+                                    job.duration = duration
+                                    self._send_usual_live(job)
+                                    return
+                            elif job.early:  # opened by started()
+                                job.early = False
+                                job.duration += duration
+                                return
+            self._take_other(report)
+        except Exception as exc:
+            self._internal_error("test report", exc)
+
+    def take_any(self, report: Any) -> None:
+        """:meth:`take` without ``fast``: every report the general way."""
+        try:
+            self._take_other(report)
+        except Exception as exc:
+            self._internal_error("test report", exc)
 
     def _take_other(self, report: Any) -> None:
-        """:meth:`take` for any report, the general way (what take() is, where the usual
+        """:meth:`take` for any report, the general way (all take() does where the usual
         report has no way of its own: see __init__)."""
         local = self._local
         self.logreport(report, local.data(report) if local is not None else None)
 
-    def _took_usual(self, job: _Open, report: Any, extra: dict[str, Any]) -> None:
-        """:meth:`_took` for a pytest TestReport of the usual kind (``_plain``: no job log,
-        so no output to keep)."""
-        duration = extra.get("duration")
-        stop = extra.get("stop")
-        if duration.__class__ is float and stop.__class__ is float and 0.0 < stop < _FAR:
-            job.duration += duration
-            job.stop_epoch = stop
-        else:
-            self._took(job, report, extra)
+    def _internal_error(self, what: str, exc: Exception) -> None:
+        self.publisher._note(f"internal error in {what}: {type(exc).__name__}: {exc}")
 
-    @staticmethod
-    def _json_parts(job: _Open) -> tuple[bytes, bytes, bytes, bytes]:
+    def _json_parts(self, job: _Open) -> tuple[bytes, bytes, bytes, bytes]:
         """The JSON of *job*'s uniqueid, its start_time's value, its config, and its
         testgroup with the key (or nothing)."""
         nodeid = job.nodeid
-        uniqueid = _json(job.uniqueid)
-        # The usual node id is its own uniqueid, and clean: one JSON string for both.
         if job.uniqueid is nodeid and nodeid.isascii() and "\x00" not in nodeid:
-            config = uniqueid
+            # The usual node id is its own uniqueid, and clean: one JSON string for both
+            # (ASCII in, ASCII out).
+            uniqueid = config = _json_string(nodeid).encode()
         else:
+            uniqueid = _json(job.uniqueid)
             config = _json(_clean_str(nodeid))
         testgroup = job.testgroup
-        return (
-            uniqueid,
-            job.start_time,
-            config,
-            b',"testgroup":' + _json(_clean_str(testgroup)) if testgroup else b"",
-        )
+        if not testgroup:
+            return (uniqueid, job.start_time, config, b"")
+        last = self._last_testgroup
+        if testgroup != last[0]:  # tests of one file (or folder, class) run together
+            last = self._last_testgroup = (
+                testgroup,
+                b',"testgroup":' + _json(_clean_str(testgroup)),
+            )
+        return (uniqueid, job.start_time, config, last[1])
 
     def _send_usual_live(self, job: _Open) -> None:
         """:meth:`_send_live` for a job of the run's category (``_plain``): its body from a
@@ -918,11 +955,19 @@ class SimscopeReporter:
             self._finish(key, job)
             return
         stop = job.stop_epoch  # a time take() checked
-        micros = max(epoch_micros(stop), job.start_micros)
-        compute = _ms(job.duration)
-        runtime = _ms(stop - job.start_epoch)
-        if runtime < compute:
-            runtime = compute
+        micros = round(stop * 1_000_000)
+        if micros < job.start_micros:
+            micros = job.start_micros
+        duration = job.duration
+        elapsed = stop - job.start_epoch
+        if elapsed < duration:
+            elapsed = duration
+        if duration >= 0.0 and elapsed < _MAX_SECONDS:  # _ms(), inline
+            compute = round(duration * 1000)
+            runtime = round(elapsed * 1000)
+        else:
+            compute = _ms(duration)
+            runtime = max(_ms(elapsed), compute)
         del self._open[key]
         self._finished += 1
         self._results["pass"] += 1

@@ -286,6 +286,7 @@ class SimscopePlugin:
                 early=self.settings.live_after > 0 and self.settings.skips != "omit",
             )
             self.reporter.start()
+            self.config.pluginmanager.register(TestHooks(self.reporter), TestHooks.NAME)
         except Exception as exc:  # publishing must never stop the tests
             self.active = False
             self._failure = f"pytest-simscope could not start: {type(exc).__name__}: {exc}"
@@ -315,27 +316,6 @@ class SimscopePlugin:
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed and self.reporter is not None:
             self._guard("collection report", self.reporter.collect_failed, report)
-
-    # Runs three times for every test: no _guard layer.
-
-    @pytest.hookimpl
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        reporter = self.reporter
-        if reporter is None:
-            return
-        try:
-            reporter.take(report)
-        except Exception as exc:
-            self._internal_error("test report", exc)
-
-    @pytest.hookimpl
-    def pytest_runtest_logstart(self, nodeid: str) -> None:
-        reporter = self.reporter
-        if reporter is not None and reporter.early:
-            try:
-                reporter.started(nodeid)
-            except Exception as exc:
-                self._internal_error("test start", exc)
 
     @pytest.hookimpl
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
@@ -503,6 +483,8 @@ class SimscopePlugin:
         """In a forked child: publish nothing, touch nothing of the parent's run, and give
         SIGTERM back its action from before the plugin (see _before_fork)."""
         _inherited.extend((self.reporter, self.publisher))
+        with contextlib.suppress(Exception):  # the reporter's own hooks
+            self.config.pluginmanager.unregister(name=TestHooks.NAME)
         # Its journal's lock must not outlive the parent in a child that lives on: a
         # recovery would take the dead run for a live one.  (Nor the courier's pipes.)
         with contextlib.suppress(Exception):
@@ -531,6 +513,22 @@ class SimscopePlugin:
                 if self.reporter is not None:
                     self.reporter.finish(pytest.ExitCode.INTERNAL_ERROR)
                 self.stats = self.publisher.close(self.settings.flush_timeout)
+
+
+class TestHooks:
+    """The hooks that run for every test, registered when the reporter is made.
+
+    They are the reporter's own methods (pluggy calls bound methods as it calls functions),
+    not a method here that calls one there: a layer less, four times a test.  Each catches
+    what it raises itself.
+    """
+
+    NAME = "simscope-tests"
+
+    def __init__(self, reporter: SimscopeReporter) -> None:
+        self.pytest_runtest_logreport = reporter.take if reporter.fast else reporter.take_any
+        if reporter.early:
+            self.pytest_runtest_logstart = reporter.started
 
 
 class XdistHooks:

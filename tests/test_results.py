@@ -990,3 +990,56 @@ def test_a_clock_frozen_for_the_whole_session_leaves_job_times_true(
     for body in jobs.values():
         assert body["start_time"][:4] == body["finish_time"][:4] == year != "2001"
         assert 10 <= body["runtime_ms"] < 10_000
+
+
+BROKEN_REPORTER_CONFTEST = """
+import pytest_simscope.reporter as reporter
+
+usual = reporter.SimscopeReporter._finish_pass
+started = reporter.SimscopeReporter._open_job
+
+def finish_pass(self, key, job):
+    if job.nodeid.endswith("test_b"):
+        raise RuntimeError("planted in the usual finish")
+    usual(self, key, job)
+
+def open_job(self, report, key, data):
+    if key[1].endswith("test_c") and report is None:
+        raise RuntimeError("planted in the start")
+    return started(self, report, key, data)
+
+reporter.SimscopeReporter._finish_pass = finish_pass
+reporter.SimscopeReporter._open_job = open_job
+"""
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["passing", "failing"])
+@pytest.mark.parametrize("live_after", ["0", "0.1"])
+def test_an_error_inside_the_reporters_own_hooks_changes_no_exit_status(
+    pytester: pytest.Pytester, failing: bool, live_after: str
+) -> None:
+    """The reporter's per-test methods are pytest's hooks themselves, with no layer around
+    them: an error raised in one is caught there, named in the summary, and changes
+    neither the exit status nor the other tests' jobs.  The test whose start failed gets
+    its job at its setup report; the one whose finish failed is closed at the end."""
+    pytester.makeconftest(BROKEN_REPORTER_CONFTEST)
+    last = "assert False" if failing else "pass"
+    pytester.makepyfile(
+        test_broken=f"def test_a():\n    pass\n\ndef test_b():\n    pass\n\n"
+        f"def test_c():\n    pass\n\ndef test_d():\n    {last}\n"
+    )
+    result, records = recorded(pytester, f"--simscope-live-after={live_after}")
+
+    assert result.ret == (pytest.ExitCode.TESTS_FAILED if failing else pytest.ExitCode.OK)
+    out = result.stdout.str()
+    assert "internal error in test report: RuntimeError: planted in the usual finish" in out
+    # (Jobs open at the test's start only with a live_after: see README.)
+    started = "internal error in test start: RuntimeError: planted in the start" in out
+    assert started == (live_after != "0")
+    assert_clean(records)
+    assert job(records, "test_broken.py::test_a")["result"] == "pass"
+    assert job(records, "test_broken.py::test_c")["result"] == "pass"
+    assert job(records, "test_broken.py::test_d")["result"] == ("fail" if failing else "pass")
+    closed = job(records, "test_broken.py::test_b")
+    assert closed["result"] == "fail"
+    assert "ended before this test finished" in closed["fail_message"]
