@@ -993,23 +993,29 @@ def test_a_clock_frozen_for_the_whole_session_leaves_job_times_true(
 
 
 BROKEN_REPORTER_CONFTEST = """
-import pytest_simscope.reporter as reporter
+import types
 
-usual = reporter.SimscopeReporter._finish_pass
-started = reporter.SimscopeReporter._open_job
+import pytest
+from pytest_simscope.plugin import plugin_key
 
-def finish_pass(self, key, job):
-    if job.nodeid.endswith("test_b"):
-        raise RuntimeError("planted in the usual finish")
-    usual(self, key, job)
 
-def open_job(self, report, key, data):
-    if key[1].endswith("test_c") and report is None:
-        raise RuntimeError("planted in the start")
-    return started(self, report, key, data)
+@pytest.hookimpl(trylast=True)  # after the plugin made its reporter
+def pytest_sessionstart(session):
+    reporter = session.config.stash[plugin_key].reporter
+    usual_finish, usual_open = reporter._finish_pass, reporter._open_job
 
-reporter.SimscopeReporter._finish_pass = finish_pass
-reporter.SimscopeReporter._open_job = open_job
+    def finish_pass(self, key, job):
+        if job.nodeid.endswith("test_b"):
+            raise RuntimeError("planted in the usual finish")
+        usual_finish(key, job)
+
+    def open_job(self, report, key, data):
+        if key[1].endswith("test_c") and report is None:
+            raise RuntimeError("planted in the start")
+        return usual_open(report, key, data)
+
+    reporter._finish_pass = types.MethodType(finish_pass, reporter)
+    reporter._open_job = types.MethodType(open_job, reporter)
 """
 
 
