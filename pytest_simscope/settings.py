@@ -145,11 +145,12 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 _INT = re.compile(r"[+-]?[0-9]+")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     """The resolved settings of one run (frozen).
 
     Every value was parsed and checked by :func:`parse_value` from its :class:`Spec`.
+    Its repr masks the secrets (a traceback that shows locals must not print them).
     """
 
     regression: str | None = None
@@ -201,6 +202,21 @@ class Settings:
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.masked().items())
+        return f"{type(self).__name__}({shown})"
+
+    def masked(self) -> dict[str, Any]:
+        """:meth:`as_dict` with every secret masked (a URL keeps all but its password)."""
+        from pytest_simscope.redact import MASK, mask_url
+
+        values = self.as_dict()
+        for name, value in values.items():
+            spec = SPEC_BY_NAME.get(name)
+            if spec is not None and spec.secret and isinstance(value, str) and value:
+                values[name] = mask_url(value) if "://" in value else MASK
+        return values
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,22 @@ def test_resolved_settings_are_frozen() -> None:
         settings.category = "other"  # type: ignore[misc]
 
 
+def test_the_repr_of_settings_masks_their_secrets() -> None:
+    """A traceback that shows locals (``pytest -l``, an internal error) prints reprs: the
+    broker password, in the URL or on its own, never appears there."""
+    resolved = resolve(
+        cli={"regression": "r/1", "url": "amqps://ci:url-secret@broker:5671/prod"},
+        env={"SIMSCOPE_PASSWORD": "env-secret"},
+        ini={},
+    )
+    for text in (repr(resolved), repr(resolved.settings), str(resolved.settings)):
+        assert "url-secret" not in text and "env-secret" not in text
+        assert "amqps://ci:***@broker:5671/prod" in text
+        assert "password='***'" in text
+    assert resolved.settings.url == "amqps://ci:url-secret@broker:5671/prod"
+    assert resolved.settings.password == "env-secret"
+
+
 # --- pairs ------------------------------------------------------------------------------
 
 
