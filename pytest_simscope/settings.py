@@ -16,7 +16,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import FrozenInstanceError, dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -145,12 +145,13 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 _INT = re.compile(r"[+-]?[0-9]+")
 
 
-@dataclass(frozen=True, repr=False)
 class Settings:
-    """The resolved settings of one run (frozen).
+    """The resolved settings of one run (frozen, compared by value).
 
     Every value was parsed and checked by :func:`parse_value` from its :class:`Spec`.
-    Its repr masks the secrets (a traceback that shows locals must not print them).
+    Its repr masks the secrets (a traceback that shows locals must not print them).  A
+    plain class rather than a dataclass: every pytest run with the plugin installed
+    imports it, and a frozen dataclass of 43 fields costs milliseconds to make.
     """
 
     regression: str | None = None
@@ -200,8 +201,29 @@ class Settings:
     def enabled(self) -> bool:
         return bool(self.regression)
 
+    def __init__(self, **values: Any) -> None:
+        unknown = set(values) - set(_SETTING_NAMES)
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        for name, value in values.items():
+            object.__setattr__(self, name, value)  # the rest keep the class's defaults
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.as_dict() == other.as_dict()
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.as_dict().values()))
+
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in _SETTING_NAMES}
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={value!r}" for name, value in self.masked().items())
@@ -217,6 +239,11 @@ class Settings:
             if spec is not None and spec.secret and isinstance(value, str) and value:
                 values[name] = mask_url(value) if "://" in value else MASK
         return values
+
+
+_SETTING_NAMES: tuple[str, ...] = tuple(
+    name for name in Settings.__annotations__ if not name.startswith("_")
+)
 
 
 @dataclass(frozen=True)

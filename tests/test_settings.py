@@ -23,7 +23,7 @@ from pytest_simscope.ci import CiDefaults, detect_ci
 from pytest_simscope.errors import SettingsError
 from pytest_simscope.identity import StartClock
 from pytest_simscope.models import local_time, rfc3339
-from pytest_simscope.settings import SPEC_BY_NAME, SPECS, resolve
+from pytest_simscope.settings import SPEC_BY_NAME, SPECS, Settings, resolve
 from pytest_simscope.timestamps import parse_rfc3339
 
 CI_MARKERS = ("GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE", "JENKINS_URL", "JENKINS_HOME")
@@ -200,7 +200,22 @@ def test_every_setting_has_a_source_and_defaults_validate() -> None:
 def test_resolved_settings_are_frozen() -> None:
     settings = resolve(cli={}, env={}, ini={}).settings
     with pytest.raises(dataclasses.FrozenInstanceError):
-        settings.category = "other"  # type: ignore[misc]
+        settings.category = "other"
+
+
+def test_settings_are_a_value_that_takes_only_known_names() -> None:
+    """Settings is a plain class (cheaper to import than a dataclass): equal values compare
+    and hash equal, nothing can be set or deleted, and an unknown name is refused."""
+    first = resolve(cli={"regression": "r/1"}, env={}, ini={}).settings
+    again = resolve(cli={"regression": "r/1"}, env={}, ini={}).settings
+    other = resolve(cli={"regression": "r/2"}, env={}, ini={}).settings
+    assert first == again and hash(first) == hash(again)
+    assert first != other
+    assert set(first.as_dict()) == {spec.name for spec in SPECS}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del first.category
+    with pytest.raises(TypeError, match="unknown settings: bogus"):
+        Settings(bogus=1)
 
 
 def test_the_repr_of_settings_masks_their_secrets() -> None:
