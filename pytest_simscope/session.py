@@ -140,6 +140,8 @@ class SimscopePlugin:
         self._secrets = self._secret_values()
         self._early_warnings: list[str] = []
         self._failure = ""
+        # The summary lines were printed (pytest_terminal_summary, or late: shutdown()).
+        self._summary_shown = False
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -377,8 +379,23 @@ class SimscopePlugin:
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        self._summary_shown = True
         for line in self.summary_lines():
             terminalreporter.write_line(self._clean(line))
+
+    def _late_summary(self) -> None:
+        """The summary, where pytest ended without one (an exit status it prints none for:
+        ``pytest.exit(returncode=N)``, an internal error): where the results went, and the
+        command that delivers them, are said all the same."""
+        if self._summary_shown:
+            return
+        self._summary_shown = True
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is None:
+            return
+        with contextlib.suppress(Exception):  # a terminal a test broke, say
+            for line in self.summary_lines():
+                terminal.write_line(self._clean(line))
 
     def summary_lines(self) -> list[str]:
         if self._failure:
@@ -513,6 +530,7 @@ class SimscopePlugin:
                 if self.reporter is not None:
                     self.reporter.finish(pytest.ExitCode.INTERNAL_ERROR)
                 self.stats = self.publisher.close(self.settings.flush_timeout)
+        self._late_summary()
 
 
 class TestHooks:

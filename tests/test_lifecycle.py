@@ -576,6 +576,9 @@ def test_a_test_interrupted_in_its_setup_is_a_fail_job(
     ]
     assert jobs["test_setup.py::test_interrupted_in_setup"]["result"] == "fail"
     assert bodies(records, "regr-finish")[0]["submitted"] == 2
+    # The summary says where the jobs went once, also where pytest itself prints none
+    # (its own summary is left out for an exit status such as 7).
+    assert result.stdout.str().count("simscope: 2 jobs (1 pass, 1 fail, 0 skip)") == 1
 
 
 def test_an_interrupt_outside_any_test_makes_no_job(pytester: pytest.Pytester) -> None:
