@@ -78,17 +78,6 @@ def _bounded(text: str, limit: int = MAX_UNIQUEID, keep: int = _ID_KEEP) -> str:
     return f"{text[:keep]}~{digest}"
 
 
-def is_own_uniqueid(nodeid: str) -> bool:
-    """Whether *nodeid*, run once, with no worker or shard to name, is its own uniqueid:
-    no colon before the first "::" (nor any, without one), nothing to escape, not too
-    long (the usual node id)."""
-    return (
-        nodeid.find(":") == nodeid.find("::", 1)
-        and not _NEEDS_ESCAPE.search(nodeid)
-        and 0 < len(nodeid) <= MAX_UNIQUEID
-    )
-
-
 def make_uniqueid(
     nodeid: str,
     *,
@@ -97,7 +86,16 @@ def make_uniqueid(
     occurrence: int = 1,
 ) -> str:
     """The uniqueid of one job (see the module docstring)."""
-    if occurrence == 1 and not worker and not shard and is_own_uniqueid(nodeid):
+    if (
+        occurrence == 1
+        and not worker
+        and not shard
+        # No colon before the first "::" (nor any, without one) and nothing to escape:
+        # the usual node id is its own uniqueid.
+        and nodeid.find(":") == nodeid.find("::", 1)
+        and not _NEEDS_ESCAPE.search(nodeid)
+        and 0 < len(nodeid) <= MAX_UNIQUEID
+    ):
         return nodeid
     # "%00" is never produced by escaping: an empty node id cannot meet a real one.
     text = _escape_nodeid(nodeid) if nodeid else "%00"

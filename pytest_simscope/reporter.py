@@ -30,7 +30,6 @@ from pytest_simscope.failures import fail_message, first_line
 from pytest_simscope.identity import (
     SeenHashes,
     StartClock,
-    is_own_uniqueid,
     job_slug,
     make_uniqueid,
     safe_slug,
@@ -481,15 +480,12 @@ class SimscopeReporter:
             self._occurrences[seen] = count
         else:
             count = 1
-        if count == 1 and not dist_each and not self.shard and is_own_uniqueid(nodeid):
-            uniqueid = nodeid  # (make_uniqueid's answer, without its keywords)
-        else:
-            uniqueid = make_uniqueid(
-                nodeid,
-                worker=key[0] if dist_each else None,
-                shard=self.shard,
-                occurrence=count,
-            )
+        uniqueid = make_uniqueid(
+            nodeid,
+            worker=key[0] if dist_each else None,
+            shard=self.shard,
+            occurrence=count,
+        )
         start = getattr(report, "start", None) if report is not None else None
         if not isinstance(start, (int, float)) or not 0 < start < _FAR:
             start = _Wall.now()
@@ -499,8 +495,8 @@ class SimscopeReporter:
             uniqueid,
             start,
             self._clock.claim_micros(start),
-            self._category_of(data) if data else self._category,
-            self._testgroup(nodeid, data) if data else self._testgroup_by_rule(nodeid),
+            self._category_of(data),
+            self._testgroup(nodeid, data),
         )
         self._open[key] = job
         self._current = key
@@ -561,10 +557,9 @@ class SimscopeReporter:
             key = (None, nodeid)
             if key in self._open or self._closed:
                 return  # (in this process: pytest-rerunfailures starts each attempt)
-            if self._worker_counts:  # xdist's controller: the same for a worker's
-                for worker in self._worker_counts:
-                    if (worker, nodeid) in self._open:
-                        return
+            for worker in self._worker_counts:  # xdist's controller: a worker's the same
+                if (worker, nodeid) in self._open:
+                    return
             job = self._open_job(None, key, _NO_DATA)
             job.early = True
             if self._plain:
@@ -572,7 +567,7 @@ class SimscopeReporter:
             else:
                 self._send_live(job, None)
         except Exception as exc:
-            self._internal_error("test start", exc)
+            self.internal_error("test start", exc)
 
     def _adopt(self, key: tuple[str | None, str]) -> _Open | None:
         """The job opened when its test started, for a first report that has none: an
@@ -672,14 +667,14 @@ class SimscopeReporter:
                                 return
             self._take_other(report)
         except Exception as exc:
-            self._internal_error("test report", exc)
+            self.internal_error("test report", exc)
 
     def take_any(self, report: Any) -> None:
         """:meth:`take` without ``fast``: every report the general way."""
         try:
             self._take_other(report)
         except Exception as exc:
-            self._internal_error("test report", exc)
+            self.internal_error("test report", exc)
 
     def _take_other(self, report: Any) -> None:
         """:meth:`take` for any report, the general way (all take() does where the usual
@@ -687,7 +682,8 @@ class SimscopeReporter:
         local = self._local
         self.logreport(report, local.data(report) if local is not None else None)
 
-    def _internal_error(self, what: str, exc: Exception) -> None:
+    def internal_error(self, what: str, exc: Exception) -> None:
+        """Say that *what* failed with *exc* (in the summary): the run goes on."""
         self.publisher._note(f"internal error in {what}: {type(exc).__name__}: {exc}")
 
     def _json_parts(self, job: _Open) -> tuple[bytes, bytes, bytes, bytes]:
@@ -958,16 +954,8 @@ class SimscopeReporter:
         micros = round(stop * 1_000_000)
         if micros < job.start_micros:
             micros = job.start_micros
-        duration = job.duration
-        elapsed = stop - job.start_epoch
-        if elapsed < duration:
-            elapsed = duration
-        if duration >= 0.0 and elapsed < _MAX_SECONDS:  # _ms(), inline
-            compute = round(duration * 1000)
-            runtime = round(elapsed * 1000)
-        else:
-            compute = _ms(duration)
-            runtime = max(_ms(elapsed), compute)
+        compute = _ms(job.duration)
+        runtime = max(_ms(stop - job.start_epoch), compute)
         del self._open[key]
         self._finished += 1
         self._results["pass"] += 1

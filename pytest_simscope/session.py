@@ -296,16 +296,13 @@ class SimscopePlugin:
         self._install_sigterm()
 
     def _guard(self, what: str, func: Any, *args: Any) -> None:
-        if self.reporter is None:
+        reporter = self.reporter
+        if reporter is None:
             return
         try:
             func(*args)
         except Exception as exc:
-            self._internal_error(what, exc)
-
-    def _internal_error(self, what: str, exc: Exception) -> None:
-        if self.publisher is not None:
-            self.publisher._note(f"internal error in {what}: {type(exc).__name__}: {exc}")
+            reporter.internal_error(what, exc)
 
     @pytest.hookimpl
     def pytest_collection_finish(self, session: pytest.Session) -> None:

@@ -226,24 +226,17 @@ class Settings:
         return {name: getattr(self, name) for name in _SETTING_NAMES}
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={value!r}" for name, value in self.masked().items())
-        return f"{type(self).__name__}({shown})"
-
-    def masked(self) -> dict[str, Any]:
-        """:meth:`as_dict` with every secret masked (a URL keeps all but its password)."""
-        from pytest_simscope.redact import MASK, mask_url
-
-        values = self.as_dict()
-        for name, value in values.items():
-            spec = SPEC_BY_NAME.get(name)
-            if spec is not None and spec.secret and isinstance(value, str) and value:
-                values[name] = mask_url(value) if "://" in value else MASK
-        return values
+        shown = []
+        for spec in SPECS:
+            value = getattr(self, spec.name)
+            if spec.secret and value:
+                value = shown_value(spec, value)  # masked, as the -v header shows it
+            shown.append(f"{spec.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
 
-_SETTING_NAMES: tuple[str, ...] = tuple(
-    name for name in Settings.__annotations__ if not name.startswith("_")
-)
+# Every setting is a field of Settings (tests/test_settings.py checks the two agree).
+_SETTING_NAMES: tuple[str, ...] = tuple(spec.name for spec in SPECS)
 
 
 @dataclass(frozen=True)
