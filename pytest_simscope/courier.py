@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_simscope.compact import LIVE_LINE, PASS_LINE, RunFields
 from pytest_simscope.journal import Journal, JournalTail, Unfinished, _read_acked, mark_closed
 from pytest_simscope.messages import (
     RECORD_LINE,
@@ -438,6 +439,45 @@ class CourierFront:
             self._unjournaled.append(Envelope.of_bytes(kind, regression, body))
 
         return publish
+
+    def short_writers(self, fields: RunFields) -> tuple[Callable[..., None], ...] | None:
+        """The writers of the usual job's short lines (see :mod:`~pytest_simscope.compact`):
+        ``live(start_micros, nodeid)`` and ``passed(start_micros, finish_micros, compute,
+        runtime, nodeid)``, the node id as bytes; ``None`` if the run's template line
+        could not be journaled (then the reporter writes whole messages)."""
+        if self._unjournaled:
+            return None
+        try:
+            self.journal.write(fields.line())
+        except Exception as exc:
+            self._journal_failed(exc)
+            return None
+        write = self.journal.write
+        unjournaled = self._unjournaled
+
+        def live(start: int, nodeid: bytes) -> None:
+            self._seq += 1
+            line = LIVE_LINE % (self._seq, start, nodeid)
+            if not unjournaled:
+                try:
+                    write(line)
+                    return
+                except Exception as exc:
+                    self._journal_failed(exc)
+            unjournaled.append(fields.envelope(line)[1])
+
+        def passed(start: int, finish: int, compute: int, runtime: int, nodeid: bytes) -> None:
+            self._seq += 1
+            line = PASS_LINE % (self._seq, start, finish, compute, runtime, nodeid)
+            if not unjournaled:
+                try:
+                    write(line)
+                    return
+                except Exception as exc:
+                    self._journal_failed(exc)
+            unjournaled.append(fields.envelope(line)[1])
+
+        return live, passed
 
     def forget(self) -> None:
         """In a forked child: let go of the journal and the courier's pipes."""

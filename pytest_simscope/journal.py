@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from pytest_simscope.compact import RunFields
 from pytest_simscope.messages import Envelope
 
 try:
@@ -234,6 +235,29 @@ def parse_line(line: bytes) -> tuple[int, Envelope]:
     return seq, envelope
 
 
+class LineReader:
+    """A journal's lines, read in order, to ``(seq, message)``: the records of
+    :func:`parse_line`, and the usual job's short lines by the template line before them
+    (see :mod:`~pytest_simscope.compact`), for which it gives ``None``."""
+
+    def __init__(self) -> None:
+        self._fields: RunFields | None = None
+
+    def __call__(self, line: bytes) -> tuple[int, Envelope] | None:
+        """One line, its newline cut or not (``ValueError`` if it is none of these)."""
+        first = line[:1]
+        if first == b"{":
+            return parse_line(line.rstrip(b"\n"))
+        if first == b"L" or first == b"P":
+            if self._fields is None:
+                raise ValueError("a short journal line without its template")
+            return self._fields.envelope(line)
+        if first == b"T":
+            self._fields = RunFields.from_line(line)
+            return None
+        raise ValueError("not a journal line")
+
+
 class JournalTail(_Acks):
     """The delivery process's side of a journal: the new lines, and how far they are safe.
 
@@ -254,6 +278,7 @@ class JournalTail(_Acks):
         self._closed = False
         self.bad_lines = 0
         self.lines_read = 0
+        self._reader = LineReader()
 
     def read(self, limit: int = 1 << 20, *, everything: bool = True) -> list[tuple[int, Envelope]]:
         """The messages written since the last call (whole lines only).
@@ -276,11 +301,15 @@ class JournalTail(_Acks):
             self._offset += end + 1
             lines = data[:end].split(b"\n")
             self.lines_read += len(lines)
+            reader = self._reader
             for line in lines:
                 try:
-                    found.append(parse_line(line))
+                    item = reader(line)
                 except (ValueError, KeyError, TypeError):
                     self.bad_lines += 1
+                else:
+                    if item is not None:
+                        found.append(item)
             if not whole or not everything:
                 return found
 
@@ -423,15 +452,17 @@ def _read_orphan(handle: IO[str], path: Path) -> list[tuple[int, Envelope]]:
     found: list[tuple[int, Envelope]] = []
     unfinished = Unfinished()
     last = 0
+    reader = LineReader()
     for line in handle:
         if not line.endswith("\n"):
             continue  # the last line, cut short by the kill: never handed on
         try:
-            data = json.loads(line)
-            seq = int(data["seq"])
-            envelope = Envelope.from_record({k: v for k, v in data.items() if k != "seq"})
+            item = reader(line.encode("utf-8", "surrogateescape"))
         except (ValueError, KeyError, TypeError):
             continue  # not a message line: nothing that can be delivered
+        if item is None:
+            continue  # the template of the short lines that follow
+        seq, envelope = item
         unfinished.see(envelope)
         last = max(last, seq)
         if seq > acked:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from pytest_simscope.compact import RunFields, is_short, json_bytes, testgroup_by_rule
 from pytest_simscope.failures import fail_message, first_line
 from pytest_simscope.identity import (
     SeenHashes,
@@ -70,13 +71,9 @@ class Sink(Protocol):
 
 _TestReport = pytest.TestReport
 _json_string = json.encoder.encode_basestring  # what dumps writes for a str
+_json = json_bytes
 
 _RESULTS = {result: f'"{result}"'.encode() for result in ("pass", "fail", "skip")}
-
-
-def _json(text: str) -> bytes:
-    """A string as ``dumps`` writes it, encoded."""
-    return encode(_json_string(text))
 
 
 # A report with any of these is not the usual one (an xdist worker's, or carrying the
@@ -117,7 +114,6 @@ class _Open:
         "skip_reason",
         "start_epoch",
         "start_micros",
-        "start_time",
         "stop_epoch",
         "subtests",
         "testgroup",
@@ -144,15 +140,15 @@ class _Open:
         # Its start_time, unique in the run (see StartClock): may be a little after
         # start_epoch, and the finish_time is never before it.
         self.start_micros = start_micros
-        self.start_time = stamp_ascii(start_micros)  # as JSON bytes need it
         self.category = category
         self.testgroup = testgroup
         # Its live job was published (its setup did not skip).
         self.live_sent = False
         # The JSON of its body before and after the result (see SimscopeReporter._job_json).
         self.raw: tuple[bytes, bytes] | None = None
-        # The usual job's parts of its bodies (see SimscopeReporter._send_usual_live).
-        self.usual: tuple[bytes, bytes, bytes, bytes] | None = None
+        # The usual job's node id as bytes, once its live job was journaled in short
+        # (see SimscopeReporter._send_usual_live).
+        self.usual: bytes | None = None
         self.reruns = 0
         self.subtests: Mapping[str, int] = _NO_SUBTESTS
         self.outcome = "passed"  # of the current attempt: passed, failed, skipped
@@ -317,47 +313,37 @@ class SimscopeReporter:
         self._publish_raw: Callable[[MessageType, str, bytes], None] | None = (
             publish_raw if raw_bodies and job_hook is None else None
         )
-        self._raw_heads: dict[str, bytes] = {}
-        self._raw_run = b',"host":' + _json(self.host)
-        if self._build:
-            self._raw_run += b',"build":' + _json(self._build)
-        if self.seed:
-            self._raw_run += b',"seed":' + _json(self.seed)
-        self._raw_meta = (
-            b',"metadata":' + encode(dumps([list(p) for p in self._base_metadata]))
-            if self._base_metadata
-            else b""
+        fields = RunFields(
+            self.regression,
+            self._category,
+            self.host,
+            self._build,
+            self.seed,
+            self._base_metadata,
+            self._testgroup_rule,
         )
+        self._raw_head = fields.head
+        self._raw_run = fields.run
+        self._raw_meta = fields.meta
         self.jobdir_root: Path | None = None
         if self.settings.jobdir_root:
             # Where pytest started, not wherever a test moved the working folder to.
             self.jobdir_root = Path(self.settings.jobdir_root).expanduser()
             if not self.jobdir_root.is_absolute():
                 self.jobdir_root = config.invocation_params.dir / self.jobdir_root
-        # The usual passed test of this process is written without the general path: its
-        # job bodies only as bytes, straight into the sink's journal, no job log to write.
-        write_for = getattr(publisher, "raw_writer", None)
-        self._plain = (
-            self._publish_raw is not None and self.jobdir_root is None and write_for is not None
+        # The usual passed test of this process is journaled in short, its facts only
+        # (see compact), and no job log to write.
+        writers_for = getattr(publisher, "short_writers", None)
+        writers = (
+            writers_for(fields)
+            if self._publish_raw is not None
+            and self.jobdir_root is None
+            and writers_for is not None
+            else None
         )
-        if self._plain:
-            assert write_for is not None
-            self._write_live = write_for("job-live", self.regression)
-            self._write_finish = write_for("job-finish", self.regression)
-            # The bodies of the usual job, as %-templates of its uniqueid, start_time,
-            # config and testgroup (and, finished, its times): see _send_usual_live.
-            head = self._raw_head(self._category).replace(b"%", b"%%")
-            run = self._raw_run.replace(b"%", b"%%")
-            meta = self._raw_meta.replace(b"%", b"%%")
-            fields = b'%b,"result":"RESULT","start_time":"%b","config":%b%b' + run
-            self._live_usual = head + fields.replace(b"RESULT", b"live") + meta + b"}"
-            self._pass_usual = (
-                head
-                + fields.replace(b"RESULT", b"pass")
-                + b',"compute_ms":%d,"runtime_ms":%d,"finish_time":"%b","fail_message":""'
-                + meta
-                + b"}"
-            )
+        self._plain = writers is not None
+        if writers is not None:
+            self._write_live, self._write_pass = writers
         # No way of its own for the usual report without _plain (a pytest_simscope_job
         # hook, delivery in this process or job logs need the general way), nor under
         # --dist each, whose tests are counted by worker.
@@ -454,19 +440,7 @@ class SimscopeReporter:
         return self._testgroup_by_rule(nodeid)
 
     def _testgroup_by_rule(self, nodeid: str) -> str | None:
-        rule = self._testgroup_rule
-        path, _, rest = nodeid.partition("::")
-        if rule == "file":
-            return path
-        if rule == "none":
-            return None
-        if rule == "dir":
-            return path.rpartition("/")[0] or "."
-        if rule == "class":
-            parts = rest.split("::")
-            if len(parts) > 1:
-                return f"{path}::{'::'.join(parts[:-1])}"
-        return path
+        return testgroup_by_rule(self._testgroup_rule, nodeid)
 
     def _open_job(
         self, report: Any, key: tuple[str | None, str], data: Mapping[str, Any]
@@ -501,13 +475,6 @@ class SimscopeReporter:
         self._open[key] = job
         self._current = key
         return job
-
-    def _raw_head(self, category: str) -> bytes:
-        """The JSON a job body of *category* starts with, up to its uniqueid's value."""
-        head = self._raw_heads.get(category)
-        if head is None:
-            head = self._raw_heads[category] = b'{"category":' + _json(category) + b',"uniqueid":'
-        return head
 
     def _job_json(self, job: _Open) -> tuple[bytes, bytes]:
         """The JSON of *job*'s body before the result's value and after it (made once a
@@ -699,21 +666,25 @@ class SimscopeReporter:
             config = _json(_clean_str(nodeid))
         testgroup = job.testgroup
         if not testgroup:
-            return (uniqueid, job.start_time, config, b"")
+            return (uniqueid, stamp_ascii(job.start_micros), config, b"")
         last = self._last_testgroup
         if testgroup != last[0]:  # tests of one file (or folder, class) run together
             last = self._last_testgroup = (
                 testgroup,
                 b',"testgroup":' + _json(_clean_str(testgroup)),
             )
-        return (uniqueid, job.start_time, config, last[1])
+        return (uniqueid, stamp_ascii(job.start_micros), config, last[1])
 
     def _send_usual_live(self, job: _Open) -> None:
-        """:meth:`_send_live` for a job of the run's category (``_plain``): its body from a
-        template, written straight to the journal; its parts kept for its finish."""
-        job.live_sent = True
-        parts = job.usual = self._json_parts(job)
-        self._write_live(self._live_usual % parts)
+        """:meth:`_send_live` for a job of the run's category (``_plain``): journaled in
+        short when its node id is its own uniqueid and plain (see compact)."""
+        nodeid = job.nodeid
+        if job.uniqueid is nodeid and is_short(nodeid):
+            job.live_sent = True
+            job.usual = usual = nodeid.encode("ascii")
+            self._write_live(job.start_micros, usual)
+        else:
+            self._send_live(job, None)
 
     def logreport(self, report: pytest.TestReport, local: dict[str, Any] | None = None) -> None:
         """Take one report the general way; *local*: its marker fields and metadata when
@@ -946,8 +917,8 @@ class SimscopeReporter:
     def _finish_pass(self, key: tuple[str | None, str], job: _Open) -> None:
         """:meth:`_finish` for the usual job (``_plain``): it passed with nothing to add,
         its body from the template its live job was made with."""
-        parts = job.usual
-        if parts is None:  # its live job went the general way
+        usual = job.usual
+        if usual is None:  # its live job went the general way
             self._finish(key, job)
             return
         stop = job.stop_epoch  # a time take() checked
@@ -959,7 +930,7 @@ class SimscopeReporter:
         del self._open[key]
         self._finished += 1
         self._results["pass"] += 1
-        self._write_finish(self._pass_usual % (*parts, compute, runtime, stamp_ascii(micros)))
+        self._write_pass(job.start_micros, micros, compute, runtime, usual)
 
     def _publish_job_json(self, kind: MessageType, raw: bytes, report: Any) -> None:
         """Publish a job message whose body is *raw* JSON: as it is when only its bytes

@@ -46,7 +46,7 @@ from brokerlib import (
 )
 
 from pytest_simscope.courier import COURIER_ARG
-from pytest_simscope.journal import DIED_WHILE_RUNNING, parse_line
+from pytest_simscope.journal import DIED_WHILE_RUNNING, LineReader
 from pytest_simscope.transports.queue import read_entry, read_outbox
 
 Record = dict[str, Any]
@@ -299,10 +299,12 @@ def journal_messages(path: Path) -> list[tuple[int, Record]]:
     """
     data = path.read_bytes().split(b"\0", 1)[0]
     numbered = []
+    reader = LineReader()  # records, and the short lines of the usual job
     for line in data.split(b"\n")[:-1]:
         if line.strip():
-            seq, envelope = parse_line(line)
-            numbered.append((seq, envelope.as_record()))
+            item = reader(line)
+            if item is not None:
+                numbered.append((item[0], item[1].as_record()))
     numbered.sort(key=lambda item: item[0])
     return numbered
 
