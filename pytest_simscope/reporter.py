@@ -85,6 +85,11 @@ _MARKED = ("simscope",)
 # before it.
 _FAR = 1e11
 
+# A job's testgroup until something needs it: the one the testgroup setting's rule gives
+# its node id (a short journal line leaves it to the courier: see compact).  Told apart
+# by identity.
+_BY_RULE = "\x00by rule"
+
 _PHASE_PREFIX = {"setup": "setup error: ", "teardown": "teardown error: ", "subtest": ""}
 
 
@@ -442,6 +447,13 @@ class SimscopeReporter:
     def _testgroup_by_rule(self, nodeid: str) -> str | None:
         return testgroup_by_rule(self._testgroup_rule, nodeid)
 
+    def _testgroup_of(self, job: _Open) -> str | None:
+        """*job*'s testgroup, worked out by the rule now if it was left for later."""
+        testgroup = job.testgroup
+        if testgroup is _BY_RULE:
+            testgroup = job.testgroup = self._testgroup_by_rule(job.nodeid)
+        return testgroup
+
     def _open_job(
         self, report: Any, key: tuple[str | None, str], data: Mapping[str, Any]
     ) -> _Open:
@@ -470,7 +482,7 @@ class SimscopeReporter:
             start,
             self._clock.claim_micros(start),
             self._category_of(data),
-            self._testgroup(nodeid, data),
+            self._testgroup(nodeid, data) if data else _BY_RULE,
         )
         self._open[key] = job
         self._current = key
@@ -551,7 +563,7 @@ class SimscopeReporter:
         job.worker = key[0]
         if job.nodeid != key[1]:
             job.nodeid = key[1]
-            job.testgroup = self._testgroup_by_rule(key[1])
+            job.testgroup = _BY_RULE
             job.raw = job.usual = None
         return job
 
@@ -664,7 +676,7 @@ class SimscopeReporter:
         else:
             uniqueid = _json(job.uniqueid)
             config = _json(_clean_str(nodeid))
-        testgroup = job.testgroup
+        testgroup = self._testgroup_of(job)
         if not testgroup:
             return (uniqueid, stamp_ascii(job.start_micros), config, b"")
         last = self._last_testgroup
@@ -801,7 +813,7 @@ class SimscopeReporter:
                 # subtest's, before pytest-rerunfailures handed on the setup report): the
                 # marker's fields.
                 fields = (self._category_of(data), self._testgroup(job.nodeid, data))
-                if fields != (job.category, job.testgroup):
+                if fields != (job.category, self._testgroup_of(job)):
                     job.category, job.testgroup = fields
                     job.raw = None
                     job.usual = None
