@@ -226,3 +226,41 @@ def test_short_lines_publish_what_the_process_that_runs_the_tests_would(
     finishes = [r for r in courier_records if r["type"] == "job-finish"]
     assert len(finishes) == 11
     assert normalised(courier_records) == normalised(local_records)
+
+
+FAILING_JOURNAL = '''
+import pytest_simscope.journal as journal
+
+_write = journal.Journal.write
+_calls = [0]
+
+
+def write(self, data):
+    _calls[0] += 1
+    if _calls[0] > {limit}:
+        raise OSError(28, "No space left on device")
+    return _write(self, data)
+
+
+journal.Journal.write = write
+'''
+
+
+@pytest.mark.parametrize("limit", [0, 1, 2, 9])
+def test_a_journal_that_fails_mid_run_loses_no_short_line(
+    pytester: pytest.Pytester, limit: int
+) -> None:
+    """Once the journal cannot be written, the rest of the run (the usual tests' messages
+    too) is kept in memory and queued at the end: every test is there once, in order."""
+    pytester.makeconftest(FAILING_JOURNAL.format(limit=limit))
+    pytester.makepyfile(
+        test_many="".join(f"def test_{i}():\n    pass\n\n" for i in range(12))
+    )
+    result, _ = recorded(pytester, "--simscope-live-after=0", subprocess=True)
+    assert result.ret == pytest.ExitCode.OK
+    assert "journal failed (" in result.stdout.str()
+    records = read_outbox(pytester.path / ".simscope" / "queue")
+    finished = [r["body"]["uniqueid"] for r in records if r["type"] == "job-finish"]
+    assert finished == [f"test_many.py::test_{i}" for i in range(12)]
+    assert records[0]["type"] == "regr-start" and records[-1]["type"] == "regr-finish"
+    assert len([r for r in records if r["type"] == "job-live"]) == 12
