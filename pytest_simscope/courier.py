@@ -455,29 +455,21 @@ class CourierFront:
         write = self.journal.write
         unjournaled = self._unjournaled
 
-        def live(start: int, nodeid: bytes) -> None:
-            self._seq += 1
-            line = LIVE_LINE % (self._seq, start, nodeid)
-            if not unjournaled:
-                try:
-                    write(line)
-                    return
-                except Exception as exc:
-                    self._journal_failed(exc)
-            unjournaled.append(fields.envelope(line)[1])
+        def writer(form: bytes) -> Callable[..., None]:
+            def write_line(*facts: int | bytes) -> None:
+                self._seq += 1
+                line = form % (self._seq, *facts)
+                if not unjournaled:
+                    try:
+                        write(line)
+                        return
+                    except Exception as exc:
+                        self._journal_failed(exc)
+                unjournaled.append(fields.envelope(line)[1])
 
-        def passed(start: int, finish: int, compute: int, runtime: int, nodeid: bytes) -> None:
-            self._seq += 1
-            line = PASS_LINE % (self._seq, start, finish, compute, runtime, nodeid)
-            if not unjournaled:
-                try:
-                    write(line)
-                    return
-                except Exception as exc:
-                    self._journal_failed(exc)
-            unjournaled.append(fields.envelope(line)[1])
+            return write_line
 
-        return live, passed
+        return writer(LIVE_LINE), writer(PASS_LINE)
 
     def forget(self) -> None:
         """In a forked child: let go of the journal and the courier's pipes."""
