@@ -595,3 +595,50 @@ def test_an_interrupt_outside_any_test_makes_no_job(pytester: pytest.Pytester) -
     assert result.ret == bare(pytester, subprocess=True).ret
     assert_clean(records)
     assert finished(records) == {}
+
+
+LOADERS = """
+import os
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("n", range(2))
+def test_loaders(n):
+    lines = [f"PACKAGE {type(sys.modules['pytest_simscope'].__loader__).__name__}"]
+    for name, module in sorted(sys.modules.items()):
+        if name.startswith("pytest_simscope."):
+            lines.append(f"MODULE {name} {type(module.__loader__).__name__}")
+    with open(f"loaders-{os.getpid()}.txt", "w") as handle:
+        handle.write("\\n".join(lines) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("xdist", [(), ("-n", "1")])
+def test_the_plugin_is_not_imported_through_assertion_rewriting(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, xdist: tuple[str, ...]
+) -> None:
+    """pytest marks an installed plugin's package for assertion rewriting; this one takes
+    itself off (its modules have no assertion helpers), so its code loads as usual and
+    no run rewrites it where the rewritten code cannot be cached."""
+    import pytest_simscope
+
+    # On sys.path, as an installed wheel is, pytest marks the package (an editable install
+    # is found by its own finder, which pytest does not mark).
+    root = os.path.dirname(os.path.dirname(pytest_simscope.__file__))
+    monkeypatch.setenv("PYTHONPATH", root)
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    pytester.makepyfile(test_loaders=LOADERS)
+    result = run(pytester, *plugin_args(pytester, *xdist), subprocess=True)
+    assert result.ret == pytest.ExitCode.OK
+    [written] = pytester.path.glob("loaders-*.txt")  # in the one process that ran tests
+    out = written.read_text()
+    # The package itself was imported before it could take itself off: proof pytest had
+    # marked it (else this test proves nothing).
+    assert "PACKAGE AssertionRewritingHook" in out, out
+    modules = re.findall(r"^MODULE (\S+) (\S+)$", out, re.MULTILINE)
+    # (An xdist worker does not publish: it loads the plugin and its settings only.)
+    expected = {"pytest_simscope.plugin"} if xdist else {"pytest_simscope.reporter"}
+    assert expected <= {m for m, _ in modules}
+    assert [m for m, loader in modules if loader == "AssertionRewritingHook"] == []
