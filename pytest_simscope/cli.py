@@ -431,12 +431,20 @@ def _isatty(stream: TextIO) -> bool:
 
 @contextlib.contextmanager
 def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set *stop*; a second one interrupts at once."""
+    """SIGINT and SIGTERM set *stop*; a second one interrupts at once.
+
+    The handler runs in the main thread between two of its steps, possibly inside
+    ``stop.wait()`` while it holds the event's lock: setting the event there would wait
+    for that lock for ever (a drain that Ctrl-C could not stop).  A thread of its own sets
+    it as soon as the main thread lets go.
+    """
+    signalled: list[int] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
+        if signalled:
             raise KeyboardInterrupt
-        stop.set()
+        signalled.append(signum)
+        threading.Thread(target=stop.set, name="simscope-drain-stop", daemon=True).start()
 
     previous: dict[signal.Signals, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -409,3 +409,31 @@ def test_check_queue_problems_name_the_entry(
     assert "-regression-q-2-" in problem and " seq 1 (regr-finish q/2): " in problem
     assert "'submitted' is 3" in problem
     assert summary == "check: 2 messages in .simscope/queue: 1 problems"
+
+
+STOP_WHILE_LOCKED = """
+import os
+import signal
+import threading
+import time
+
+from pytest_simscope.cli import _stop_on_signals
+
+stop = threading.Event()
+with _stop_on_signals(stop):
+    with stop._cond:  # held as Event.wait() holds it, when the signal comes
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # the handler runs in here
+    assert stop.wait(10)
+print("stopped")
+"""
+
+
+def test_a_signal_that_comes_while_the_stop_event_is_held_still_stops_a_watch() -> None:
+    """drain --watch waits on an event; a signal handler that set it while the waiting
+    thread held its lock would wait for that lock for ever."""
+    proc = subprocess.run(
+        [sys.executable, "-c", STOP_WHILE_LOCKED], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "stopped"
