@@ -23,7 +23,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_simscope.messages import Envelope, dumps, encode, stamp_ascii
+from pytest_simscope.messages import Envelope, _clean_str, dumps, encode, stamp_ascii
 
 _json_string = json.encoder.encode_basestring  # what dumps writes for a str
 
@@ -83,7 +83,6 @@ class RunFields:
             "testgroup": testgroup,
         }
         self.regression = regression
-        self.category = category
         self.rule = testgroup
         # host, build and seed: after config and testgroup in every job body.
         self.run = b',"host":' + json_bytes(host)
@@ -141,15 +140,18 @@ class RunFields:
         regression, category, host, rule = strings
         return cls(regression, category, host, optional[0], optional[1], pairs, rule)
 
-    def _parts(self, nodeid: str) -> tuple[bytes, bytes]:
-        name = _json_string(nodeid).encode("ascii")
-        testgroup = testgroup_by_rule(self.rule, nodeid)
+    def testgroup_json(self, testgroup: str | None) -> bytes:
+        """``,"testgroup":...`` as a job body has it (nothing for none), the last one kept:
+        the tests of one file (or folder, class) run one after the other."""
         if not testgroup:
-            return name, b""
+            return b""
         last = self._testgroup
         if testgroup != last[0]:
-            last = self._testgroup = (testgroup, b',"testgroup":' + json_bytes(testgroup))
-        return name, last[1]
+            last = self._testgroup = (
+                testgroup,
+                b',"testgroup":' + json_bytes(_clean_str(testgroup)),
+            )
+        return last[1]
 
     def envelope(self, line: bytes) -> tuple[int, Envelope]:
         """``(seq, message)`` of a short line, ``L`` or ``P`` (``ValueError`` if it is not
@@ -157,29 +159,24 @@ class RunFields:
         kind = line[:1]
         if kind == b"L":
             seq, start, nodeid = line[1:].split(b" ", 2)
-            name = _nodeid(nodeid)
-            uniqueid, testgroup = self._parts(name)
-            start_time = stamp_ascii(_micros(start))
-            body = self._live % (uniqueid, start_time, uniqueid, testgroup)
-            message = Envelope.of_bytes("job-live", self.regression, body)
         elif kind == b"P":
             seq, start, finish, compute, runtime, nodeid = line[1:].split(b" ", 5)
-            name = _nodeid(nodeid)
-            uniqueid, testgroup = self._parts(name)
-            start_time = stamp_ascii(_micros(start))
-            finish_time = stamp_ascii(_micros(finish))
-            body = self._pass % (
-                uniqueid,
-                start_time,
-                uniqueid,
-                testgroup,
-                _count(compute),
-                _count(runtime),
-                finish_time,
-            )
-            message = Envelope.of_bytes("job-finish", self.regression, body)
         else:
             raise ValueError("not a short journal line")
+        name = _nodeid(nodeid)
+        uniqueid = _json_string(name).encode("ascii")  # its config too
+        testgroup = self.testgroup_json(testgroup_by_rule(self.rule, name))
+        start_time = stamp_ascii(_micros(start))
+        if kind == b"L":
+            body = self._live % (uniqueid, start_time, uniqueid, testgroup)
+            message = Envelope.of_bytes("job-live", self.regression, body)
+        else:
+            finish_time = stamp_ascii(_micros(finish))
+            body = self._pass % (
+                uniqueid, start_time, uniqueid, testgroup,
+                _count(compute), _count(runtime), finish_time,
+            )
+            message = Envelope.of_bytes("job-finish", self.regression, body)
         message.body = json.loads(body)
         return _count(seq), message
 

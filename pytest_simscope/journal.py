@@ -457,7 +457,7 @@ def _read_orphan(handle: IO[str], path: Path) -> list[tuple[int, Envelope]]:
         if not line.endswith("\n"):
             continue  # the last line, cut short by the kill: never handed on
         try:
-            item = reader(line.encode("utf-8", "surrogateescape"))
+            item = reader(line.encode())  # (read as text with errors replaced)
         except (ValueError, KeyError, TypeError):
             continue  # not a message line: nothing that can be delivered
         if item is None:

@@ -327,6 +327,7 @@ class SimscopeReporter:
             self._base_metadata,
             self._testgroup_rule,
         )
+        self._fields = fields
         self._raw_head = fields.head
         self._raw_run = fields.run
         self._raw_meta = fields.meta
@@ -362,8 +363,6 @@ class SimscopeReporter:
         # The key of the job opened last (in this process: the test running; with early,
         # still ``early`` until its setup report comes).
         self._current: tuple[str | None, str] | None = None
-        # The testgroup _json_parts() wrote last, and its JSON.
-        self._last_testgroup: tuple[str | None, bytes] = (None, b"")
 
     # -- regression ----------------------------------------------------------------------
 
@@ -583,8 +582,8 @@ class SimscopeReporter:
         The usual report, a passed phase of a test this process ran, with no marker and no
         metadata, is taken here in as few steps as can be: its instance dict is read
         directly (a missing attribute through getattr() costs an exception), and the
-        test's job is opened, made live and finished from templates, straight into the
-        journal (``_plain``).  Anything else goes to :meth:`_take_other`.  Nothing it
+        test's job is opened, made live and finished as short journal lines (``_plain``,
+        see compact).  Anything else goes to :meth:`_take_other`.  Nothing it
         raises reaches pytest.
         """
         try:
@@ -676,16 +675,8 @@ class SimscopeReporter:
         else:
             uniqueid = _json(job.uniqueid)
             config = _json(_clean_str(nodeid))
-        testgroup = self._testgroup_of(job)
-        if not testgroup:
-            return (uniqueid, stamp_ascii(job.start_micros), config, b"")
-        last = self._last_testgroup
-        if testgroup != last[0]:  # tests of one file (or folder, class) run together
-            last = self._last_testgroup = (
-                testgroup,
-                b',"testgroup":' + _json(_clean_str(testgroup)),
-            )
-        return (uniqueid, stamp_ascii(job.start_micros), config, last[1])
+        testgroup = self._fields.testgroup_json(self._testgroup_of(job))
+        return (uniqueid, stamp_ascii(job.start_micros), config, testgroup)
 
     def _send_usual_live(self, job: _Open) -> None:
         """:meth:`_send_live` for a job of the run's category (``_plain``): journaled in
@@ -927,16 +918,14 @@ class SimscopeReporter:
         self._publish_job_json("job-finish", b"".join(parts), job.last_report)
 
     def _finish_pass(self, key: tuple[str | None, str], job: _Open) -> None:
-        """:meth:`_finish` for the usual job (``_plain``): it passed with nothing to add,
-        its body from the template its live job was made with."""
+        """:meth:`_finish` for the usual job (``_plain``): it passed with nothing to add;
+        journaled in short, as its live job was (see compact)."""
         usual = job.usual
         if usual is None:  # its live job went the general way
             self._finish(key, job)
             return
         stop = job.stop_epoch  # a time take() checked
-        micros = round(stop * 1_000_000)
-        if micros < job.start_micros:
-            micros = job.start_micros
+        micros = max(epoch_micros(stop), job.start_micros)
         compute = _ms(job.duration)
         runtime = max(_ms(stop - job.start_epoch), compute)
         del self._open[key]

@@ -377,8 +377,11 @@ class SimscopePlugin:
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         self._summary_shown = True
+        self._write_summary(terminalreporter)
+
+    def _write_summary(self, terminal: Any) -> None:
         for line in self.summary_lines():
-            terminalreporter.write_line(self._clean(line))
+            terminal.write_line(self._clean(line))
 
     def _late_summary(self) -> None:
         """The summary, where pytest ended without one (an exit status it prints none for:
@@ -391,8 +394,7 @@ class SimscopePlugin:
         if terminal is None:
             return
         with contextlib.suppress(Exception):  # a terminal a test broke, say
-            for line in self.summary_lines():
-                terminal.write_line(self._clean(line))
+            self._write_summary(terminal)
 
     def summary_lines(self) -> list[str]:
         if self._failure:
