@@ -21,7 +21,7 @@ from pytest_simscope.journal import (
     LineReader,
     recover,
 )
-from pytest_simscope.messages import stamp
+from pytest_simscope.messages import Envelope, stamp
 from pytest_simscope.transports.queue import OfflineQueue, read_outbox
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="journal locks are POSIX here")
@@ -135,18 +135,12 @@ def test_a_short_line_before_its_template_is_refused() -> None:
 def write_run(directory: Path, run_id: str = "dead") -> Journal:
     """A journal as the reporter leaves it: the template, then two tests in short."""
     journal = Journal(directory, run_id)
-    journal.append(1, _regr_start())
+    journal.append(1, Envelope("regr-start", "r/1", {"name": "r/1", "pending": True}))
     journal.write(fields().line())
     journal.write(LIVE_LINE % (2, START, b"t.py::test_a"))
     journal.write(PASS_LINE % (3, START, FINISH, 1, 2, b"t.py::test_a"))
     journal.write(LIVE_LINE % (4, FINISH, b"t.py::test_b"))
     return journal
-
-
-def _regr_start() -> Any:
-    from pytest_simscope.messages import Envelope
-
-    return Envelope("regr-start", "r/1", {"name": "r/1", "pending": True})
 
 
 def test_recovery_reads_the_short_lines_and_closes_their_open_job(tmp_path: Path) -> None:
